@@ -1,0 +1,201 @@
+"""The host side of one sandbox: its cgroup, its id maps, its clock and its clean-up.
+
+One supervisor process per sandbox, forked by the spawner, root on the host. It talks to the
+agent over a control socket (frames): it says when the sandbox is started, takes claim-time
+work (mounts, the home archive), starts the wall clock at "run", and reports how the code
+ended once every process of the sandbox is gone. If the agent hangs up, the sandbox dies.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import socket
+import time
+from dataclasses import dataclass
+
+from . import cgroups, frames, inside, injection
+from . import syscalls as sc
+from .spec import SandboxSpec
+
+_KILL_GRACE_S = 2.0
+
+
+@dataclass
+class _Run:
+    """The state of the one execution this sandbox serves."""
+
+    deadline: float | None = None
+    collect_home: bool = False
+    timed_out: bool = False
+    cancelled: bool = False
+
+
+class Supervisor:
+    def __init__(self, spec: SandboxSpec, driver: cgroups.Driver, bpf: bytes, ctl: socket.socket, stdio: list[int]):
+        self.spec, self.driver, self.bpf, self.ctl, self.stdio = spec, driver, bpf, ctl, stdio
+        self.run = _Run()
+
+    # --- start -----------------------------------------------------------------------------
+
+    def _write_id_maps(self, pid: int) -> None:
+        mapping = f"0 {self.spec.uid_base} {self.spec.uid_count}\n"
+        with open(f"/proc/{pid}/uid_map", "w") as handle:
+            handle.write(mapping)
+        with open(f"/proc/{pid}/setgroups", "w") as handle:
+            handle.write("deny")
+        with open(f"/proc/{pid}/gid_map", "w") as handle:
+            handle.write(mapping)
+
+    def start(self) -> tuple[int, cgroups.Cgroup]:
+        """Fork the chain and return pid 1 of the sandbox (as the host sees it) and its cgroup."""
+        cgroup = self.driver.create(self.spec.sandbox_id, self.spec.limits)
+        up_r, up_w = os.pipe()
+        down_r, down_w = os.pipe()
+        status_r, status_w = os.pipe()
+        pid_a = os.fork()
+        if pid_a == 0:
+            try:
+                to_parent, from_parent, status = inside.install_fds(self.stdio, [up_w, down_r, status_w])
+                inside.stage_a(self.spec, to_parent, from_parent, status, self.bpf)
+            finally:
+                os._exit(110)
+        for fd in (up_w, down_r, status_w, *self.stdio):
+            os.close(fd)
+        self.status_r = status_r
+        try:
+            if os.read(up_r, 1) != b"u":
+                raise OSError("sandbox namespaces could not be created")
+            self._write_id_maps(pid_a)
+            cgroup.add(pid_a)
+            os.write(down_w, b"m")
+            raw = os.read(up_r, 32)
+            os.waitpid(pid_a, 0)
+            if not raw:
+                raise OSError("sandbox init did not start")
+            return int(raw), cgroup
+        finally:
+            os.close(up_r)
+            os.close(down_w)
+
+    # --- serve -----------------------------------------------------------------------------
+
+    def _handle(self, header: dict, payload: bytes) -> None:
+        op = header.get("op")
+        try:
+            if op == "mount":
+                injection.mount_into(self.ns, header["source"], header["target"], bool(header["read_only"]))
+                frames.send(self.ctl, {"event": "done", "op": op})
+            elif op == "home":
+                injection.extract_home(self.ns, payload)
+                frames.send(self.ctl, {"event": "done", "op": op})
+            elif op == "run":
+                self.run.deadline = time.monotonic() + float(header["timeout"])
+                self.run.collect_home = bool(header.get("collect_home"))
+            elif op == "kill":
+                self.run.cancelled = True
+                self._kill()
+            else:
+                frames.send(self.ctl, {"event": "error", "op": op, "message": f"unknown op {op!r}"})
+        except (OSError, injection.InjectionError, KeyError, ValueError) as exc:
+            frames.send(self.ctl, {"event": "error", "op": op, "message": str(exc)})
+
+    def _kill(self) -> None:
+        try:
+            signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    def serve(self, init_pid: int) -> int | None:
+        """Until the code ends, the deadline passes or the agent gives up; returns the code's
+        wait status, or None when the sandbox was killed before the code ended."""
+        self.pidfd = os.pidfd_open(init_pid)
+        self.ns = injection.Namespaces.of(init_pid)
+        poller = select.poll()
+        poller.register(self.ctl, select.POLLIN)
+        poller.register(self.pidfd, select.POLLIN)
+        poller.register(self.status_r, select.POLLIN)
+        while True:
+            timeout_ms = None
+            if self.run.deadline is not None:
+                timeout_ms = max(0, int((self.run.deadline - time.monotonic()) * 1000) + 1)
+            ready = dict(poller.poll(timeout_ms))
+            if self.status_r in ready or self.pidfd in ready:
+                return self._code_status()
+            if self.run.deadline is not None and time.monotonic() >= self.run.deadline:
+                self.run.timed_out = True
+                self._kill()
+                self.run.deadline = None
+                continue
+            if self.ctl.fileno() in ready:
+                frame = frames.recv(self.ctl)
+                if frame is None:  # the agent is gone: so is its sandbox
+                    self.run.cancelled = True
+                    self._kill()
+                    poller.unregister(self.ctl)
+                    continue
+                self._handle(frame[0], frame[1])
+
+    def _code_status(self) -> int | None:
+        raw = os.read(self.status_r, inside.STATUS.size)
+        return inside.STATUS.unpack(raw)[0] if len(raw) == inside.STATUS.size else None
+
+    def _empty_cgroup(self, cgroup: cgroups.Cgroup, init_pid: int) -> None:
+        """No process of the code may survive it; pid 1 (ours) exits right after."""
+        give_up = time.monotonic() + _KILL_GRACE_S
+        while [pid for pid in cgroup.pids() if pid != init_pid]:
+            if time.monotonic() > give_up:
+                raise cgroups.CgroupError("sandbox processes survived the kill")
+            cgroup.kill_all()
+            time.sleep(0.001)
+
+    def _report(self, status: int | None) -> dict[str, object]:
+        report: dict[str, object] = {
+            "event": "exited",
+            "timed_out": self.run.timed_out,
+            "signal": None,
+            "error": None,
+        }
+        if status is None:
+            report["exit_code"] = 128 + signal.SIGKILL
+            if not (self.run.timed_out or self.run.cancelled):
+                report["error"] = "sandbox init died"
+        elif os.WIFSIGNALED(status):
+            report.update(exit_code=128 + os.WTERMSIG(status), signal=os.WTERMSIG(status))
+        else:
+            report["exit_code"] = os.WEXITSTATUS(status)
+        return report
+
+    def finish(self, init_pid: int, cgroup: cgroups.Cgroup, status: int | None) -> None:
+        report = self._report(status)
+        self._empty_cgroup(cgroup, init_pid)
+        report["oom_killed"] = cgroup.oom_kills() > 0
+        home = b""
+        if self.run.collect_home and not self.run.cancelled:
+            home = injection.archive_home(self.ns)
+        try:
+            frames.send(self.ctl, report, home)
+        except OSError:
+            pass
+        self._kill()
+        os.waitpid(init_pid, 0)
+        self.ns.close()
+        self._empty_cgroup(cgroup, 0)
+        cgroup.remove()
+
+
+def supervise(spec: SandboxSpec, driver: cgroups.Driver, bpf: bytes, ctl: socket.socket, stdio: list[int]) -> None:
+    """Entry point of the forked supervisor; never returns into the spawner."""
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    sc.prctl(sc.PR_SET_CHILD_SUBREAPER, 1)
+    supervisor = Supervisor(spec, driver, bpf, ctl, stdio)
+    try:
+        init_pid, cgroup = supervisor.start()
+    except (OSError, cgroups.CgroupError) as exc:
+        frames.send(ctl, {"event": "failed", "message": f"sandbox could not start: {exc}"})
+        os._exit(1)
+    frames.send(ctl, {"event": "started", "pid": init_pid})
+    status = supervisor.serve(init_pid)
+    supervisor.finish(init_pid, cgroup, status)
+    os._exit(0)

@@ -1,0 +1,195 @@
+"""The node agent's core: sandbox configurations, their warm pools, and executions.
+
+The gRPC service and the one-machine server both drive this object; it knows nothing of
+either protocol.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import os
+import stat
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import structlog
+
+from .config import SandboxConfig
+from .execution import ExecutionRequest, ExecutionResult, OutputChunk
+from .images import Image, ImageError
+from .images.default import DEFAULT_IMAGE, default_image
+from .isolation.cgroups import Limits
+from .isolation.spawner import Spawner
+from .isolation.spec import HOME, SandboxSpec
+from .pool import WarmPool
+from .sandbox import Sandbox
+
+log = structlog.get_logger("baponi.runtime")
+
+BASE_ENV = {
+    "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    "HOME": HOME,
+    "USER": "baponi",
+    "LOGNAME": "baponi",
+    "SHELL": "/bin/bash",
+    "LANG": "C.UTF-8",
+}
+# Variables an interpreter reads only while starting: a call that sets them needs a cold start.
+_STARTUP_ENV = {"python": ("PYTHON", "LANG", "LC_"), "node": ("NODE_", "UV_", "LANG", "LC_")}
+_RECYCLE_EVERY_S = 5.0
+
+
+class UnknownSandbox(LookupError):
+    """The call names a sandbox configuration this agent does not have."""
+
+
+class RequestRejected(ValueError):
+    """The call asks for something its sandbox does not allow."""
+
+
+def _needs_cold_start(language: str, env: dict[str, str]) -> bool:
+    prefixes = _STARTUP_ENV.get(language, ())
+    return any(k.startswith(prefixes) and BASE_ENV.get(k) != v for k, v in env.items())
+
+
+def _check_traversable(path: Path) -> None:
+    """Sandbox set-up runs as an unprivileged host uid, which must be able to reach `path`."""
+    for directory in [path, *path.parents]:
+        if not os.stat(directory).st_mode & stat.S_IXOTH:
+            raise PermissionError(
+                f"{directory} is not searchable by other users (mode o+x); "
+                f"choose a data directory whose every parent is, e.g. /var/lib/baponi"
+            )
+
+
+class Runtime:
+    """Owns the spawner, the images, the configurations and one warm pool per (config, language)."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        configs: list[SandboxConfig],
+        images: dict[str, Image] | None = None,
+        uid_base: int = 200_000,
+    ) -> None:
+        self.data_dir = data_dir
+        self.configs = {c.name: c for c in configs}
+        self.images = {DEFAULT_IMAGE: default_image(), **(images or {})}
+        for config in configs:
+            if config.image not in self.images:
+                raise ImageError(f"sandbox {config.name!r} uses image {config.image!r}, which is not loaded")
+        self.uid_base = uid_base
+        self.pools: dict[tuple[str, str], WarmPool] = {}
+        self.running = 0
+        self._spawner: Spawner | None = None
+        self._recycler: asyncio.Task | None = None
+
+    @property
+    def stage_dir(self) -> Path:
+        return self.data_dir / "stage"
+
+    async def start(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.stage_dir.mkdir(mode=0o711, exist_ok=True)
+        os.chmod(self.stage_dir, 0o711)
+        _check_traversable(self.stage_dir)
+        self._spawner = await asyncio.to_thread(Spawner)
+        for config in self.configs.values():
+            for language in self.images[config.image].languages:
+                key = (config.name, language)
+                pool = WarmPool(f"{config.name}/{language}", self._starter(config, language), config.warm, config.max_idle_s)
+                self.pools[key] = pool
+                pool.refill()
+        self._recycler = asyncio.ensure_future(self._recycle_forever())
+        log.info("runtime started", cgroup_version=self._spawner.cgroup_version, pools=len(self.pools))
+
+    def _starter(self, config: SandboxConfig, language: str):  # noqa: ANN202 - a closure for the pool
+        mode = "exec" if language == "bash" else "warm"
+
+        async def start() -> Sandbox:
+            return await self._start_sandbox(config, language, mode)
+
+        return start
+
+    def _spec(self, config: SandboxConfig, language: str, mode: str) -> SandboxSpec:
+        return SandboxSpec(
+            sandbox_id=f"{config.name}-{language}-{uuid.uuid4().hex[:12]}",
+            image=self.images[config.image],
+            language=language,
+            mode=mode,  # type: ignore[arg-type]
+            limits=Limits(memory_bytes=config.memory_bytes, cpu_cores=config.cpu, pids_max=config.pids_max),
+            stage_dir=str(self.stage_dir),
+            uid_base=self.uid_base,
+            tmp_bytes=config.tmp_bytes,
+            home_bytes=config.home_bytes,
+            base_env=BASE_ENV,
+        )
+
+    async def _start_sandbox(self, config: SandboxConfig, language: str, mode: str) -> Sandbox:
+        assert self._spawner is not None, "Runtime.start() first"
+        spec = self._spec(config, language, mode)
+        sandbox = Sandbox(spec, self._spawner.spawn(spec), config.output_limit)
+        try:
+            await sandbox.wait_ready()
+        except BaseException:
+            await sandbox.destroy()
+            raise
+        return sandbox
+
+    def _validate(self, sandbox: str, request: ExecutionRequest) -> SandboxConfig:
+        try:
+            config = self.configs[sandbox]
+        except KeyError:
+            raise UnknownSandbox(f"no sandbox configuration named {sandbox!r}") from None
+        self.images[config.image].interpreter(request.language)
+        if not 0 < request.timeout <= config.max_timeout:
+            raise RequestRejected(f"timeout must be between 1 and {config.max_timeout:g} seconds for sandbox {sandbox!r}")
+        return config
+
+    async def execute(self, sandbox: str, request: ExecutionRequest) -> AsyncIterator[OutputChunk | ExecutionResult]:
+        """Run one request in a fresh sandbox of configuration `sandbox`; output, then the result."""
+        config = self._validate(sandbox, request)
+        request = dataclasses.replace(request, env={**BASE_ENV, **request.env})
+        pool = self.pools.get((sandbox, request.language))
+        claimed = None
+        if pool is not None and not _needs_cold_start(request.language, request.env):
+            claimed = pool.claim()
+        cold = claimed is None
+        instance = claimed or await self._start_sandbox(config, request.language, "exec")
+        self.running += 1
+        try:
+            async for event in instance.run(request, cold_start=cold):
+                yield event
+        finally:
+            self.running -= 1
+            await instance.destroy()
+
+    def status(self) -> dict[str, object]:
+        return {
+            "running": self.running,
+            "pools": {
+                f"{name}/{language}": {"idle": pool.idle, "target": pool.target, "claims": pool.claims, "misses": pool.misses}
+                for (name, language), pool in self.pools.items()
+            },
+        }
+
+    async def _recycle_forever(self) -> None:
+        while True:
+            await asyncio.sleep(_RECYCLE_EVERY_S)
+            for pool in self.pools.values():
+                pool.recycle()
+
+    async def wait_warm(self, timeout: float = 60.0) -> None:
+        await asyncio.gather(*(pool.wait_full(timeout) for pool in self.pools.values()))
+
+    async def close(self) -> None:
+        if self._recycler is not None:
+            self._recycler.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._recycler
+        await asyncio.gather(*(pool.close() for pool in self.pools.values()))
+        if self._spawner is not None:
+            await asyncio.to_thread(self._spawner.close)

@@ -1,0 +1,224 @@
+"""The agent's handle on one started sandbox: claim-time work, one run, then it is gone."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from collections.abc import AsyncIterator
+
+from .execution import ExecutionRequest, ExecutionResult, OutputChunk, Stream
+from .isolation import frames
+from .isolation.spawner import SandboxPipes
+from .isolation.spec import SandboxSpec
+
+_READ_SIZE = 1 << 16
+
+
+class SandboxError(Exception):
+    """The sandbox itself failed (start-up, claim-time work); the code did not run."""
+
+
+class _OutputReader:
+    """Drains one pipe without blocking the loop; keeps at most `limit` bytes, counts the rest."""
+
+    def __init__(self, fd: int, stream: Stream, limit: int, queue: asyncio.Queue) -> None:
+        self.fd, self.stream, self.limit, self.queue = fd, stream, limit, queue
+        self.kept = 0
+        self.total = 0
+        self.done = asyncio.get_running_loop().create_future()
+        os.set_blocking(fd, False)
+        asyncio.get_running_loop().add_reader(fd, self._on_readable)
+
+    @property
+    def truncated(self) -> bool:
+        return self.total > self.kept
+
+    def _on_readable(self) -> None:
+        try:
+            data = os.read(self.fd, _READ_SIZE)
+        except BlockingIOError:
+            return
+        if not data:
+            asyncio.get_running_loop().remove_reader(self.fd)
+            if not self.done.done():
+                self.done.set_result(None)
+            return
+        self.total += len(data)
+        room = self.limit - self.kept
+        if room > 0:
+            kept = data[:room]
+            self.kept += len(kept)
+            self.queue.put_nowait(OutputChunk(self.stream, kept))
+
+    def cancel(self) -> None:
+        asyncio.get_running_loop().remove_reader(self.fd)
+        if not self.done.done():
+            self.done.set_result(None)
+
+
+async def _write_all(fd: int, data: bytes) -> None:
+    """Write to a pipe the sandbox reads concurrently; the request may exceed its buffer."""
+    loop = asyncio.get_running_loop()
+    os.set_blocking(fd, False)
+    view = memoryview(data)
+    while view:
+        try:
+            written = os.write(fd, view)
+            view = view[written:]
+        except BlockingIOError:
+            writable = loop.create_future()
+            loop.add_writer(fd, writable.set_result, None)
+            try:
+                await writable
+            finally:
+                loop.remove_writer(fd)
+
+
+class Sandbox:
+    """One isolated sandbox, started ahead or on demand, serving exactly one execution."""
+
+    def __init__(self, spec: SandboxSpec, pipes: SandboxPipes, output_limit: int) -> None:
+        self.spec = spec
+        self.pipes = pipes
+        self.output_limit = output_limit
+        self.created = time.monotonic()
+        self.init_pid: int | None = None
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._used = False
+        self._finished = False
+        self.closed = False
+
+    async def _frame(self) -> tuple[dict, bytes]:
+        assert self._reader is not None
+        frame = await frames.read(self._reader)
+        if frame is None:
+            raise SandboxError("sandbox supervisor hung up")
+        return frame
+
+    async def _send(self, header: dict, payload: bytes = b"") -> None:
+        assert self._writer is not None
+        self._writer.write(frames.encode(header, payload))
+        await self._writer.drain()
+
+    async def wait_ready(self) -> None:
+        """Until the sandbox is isolated and its interpreter waits for code."""
+        self._reader, self._writer = await asyncio.open_unix_connection(sock=self.pipes.ctl)
+        header, _ = await self._frame()
+        if header.get("event") != "started":
+            raise SandboxError(header.get("message", f"sandbox failed to start: {header}"))
+        self.init_pid = int(header["pid"])
+        loop = asyncio.get_running_loop()
+        ready = loop.create_future()
+        os.set_blocking(self.pipes.ready, False)
+
+        def on_ready() -> None:
+            try:
+                data = os.read(self.pipes.ready, 1)
+            except BlockingIOError:
+                return
+            if not ready.done():
+                ready.set_result(data)
+
+        loop.add_reader(self.pipes.ready, on_ready)
+        try:
+            if await ready != b"R":
+                raise SandboxError(await self._startup_error())
+        finally:
+            loop.remove_reader(self.pipes.ready)
+
+    async def _startup_error(self) -> str:
+        """What the sandbox printed before dying at start-up (it says why)."""
+        try:
+            text = os.read(self.pipes.stderr, 4096).decode(errors="replace").strip()
+        except BlockingIOError:
+            text = ""
+        return text or "sandbox exited during start-up"
+
+    async def _claim_op(self, header: dict, payload: bytes = b"") -> None:
+        await self._send(header, payload)
+        reply, _ = await self._frame()
+        if reply.get("event") != "done":
+            raise SandboxError(reply.get("message", f"{header['op']} failed"))
+
+    async def run(self, request: ExecutionRequest, *, cold_start: bool = False) -> AsyncIterator[OutputChunk | ExecutionResult]:
+        """Run the request's code; yield output as it comes, and the result last."""
+        if self._used:
+            raise SandboxError("a sandbox serves one execution only")
+        self._used = True
+        for mount in request.mounts:
+            await self._claim_op({"op": "mount", "source": mount.source, "target": mount.target, "read_only": mount.read_only})
+        if request.home:
+            await self._claim_op({"op": "home"}, request.home)
+        queue: asyncio.Queue[OutputChunk] = asyncio.Queue()
+        readers = [
+            _OutputReader(self.pipes.stdout, "stdout", self.output_limit, queue),
+            _OutputReader(self.pipes.stderr, "stderr", self.output_limit, queue),
+        ]
+        started = time.monotonic()
+        try:
+            await self._send({"op": "run", "timeout": request.timeout, "collect_home": request.collect_home})
+            payload = json.dumps({"code": request.code, "env": request.env}).encode()
+            await _write_all(self.pipes.stdin, payload)
+            os.close(self.pipes.stdin)
+            self.pipes.stdin = -1
+            outputs = asyncio.gather(*(r.done for r in readers))
+            exited = asyncio.ensure_future(self._frame())
+            while not (outputs.done() and queue.empty()):
+                getter = asyncio.ensure_future(queue.get())
+                await asyncio.wait({getter, outputs}, return_when=asyncio.FIRST_COMPLETED)
+                if getter.done():
+                    yield getter.result()
+                else:
+                    getter.cancel()
+            header, home = await exited
+            duration_ms = (time.monotonic() - started) * 1000
+            self._finished = True
+        finally:
+            for reader in readers:
+                reader.cancel()
+        stdout, stderr = readers
+        yield ExecutionResult(
+            exit_code=int(header["exit_code"]),
+            duration_ms=duration_ms,
+            timed_out=bool(header["timed_out"]),
+            oom_killed=bool(header["oom_killed"]),
+            signal=header.get("signal"),
+            stdout_truncated=stdout.truncated,
+            stderr_truncated=stderr.truncated,
+            stdout_bytes=stdout.total,
+            stderr_bytes=stderr.total,
+            cold_start=cold_start,
+            home=home if request.collect_home else None,
+            error=header.get("error"),
+        )
+
+    async def destroy(self) -> None:
+        """Kill an unused sandbox (recycling, shutdown) and wait until its supervisor is done."""
+        if self.closed:
+            return
+        if self._writer is not None and not self._finished:
+            try:
+                await self._send({"op": "kill"})
+                while (await self._frame())[0].get("event") != "exited":
+                    pass
+            except (SandboxError, frames.FrameError, ConnectionError):
+                pass
+        self.close()
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if self._writer is not None:
+            self._writer.close()
+        else:
+            self.pipes.ctl.close()
+        for fd in (self.pipes.stdin, self.pipes.stdout, self.pipes.stderr, self.pipes.ready):
+            if fd >= 0:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
