@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import hashlib
 import os
 import stat
 import uuid
@@ -88,6 +89,11 @@ class Runtime:
         self._recycler: asyncio.Task | None = None
 
     @property
+    def cgroup_parent(self) -> str:
+        """This agent's cgroup subtree, named after its data directory."""
+        return "baponi-" + hashlib.sha256(str(self.data_dir.resolve()).encode()).hexdigest()[:10]
+
+    @property
     def stage_dir(self) -> Path:
         return self.data_dir / "stage"
 
@@ -96,7 +102,7 @@ class Runtime:
         self.stage_dir.mkdir(mode=0o711, exist_ok=True)
         os.chmod(self.stage_dir, 0o711)
         _check_traversable(self.stage_dir)
-        self._spawner = await asyncio.to_thread(Spawner)
+        self._spawner = await asyncio.to_thread(Spawner, self.cgroup_parent)
         for config in self.configs.values():
             for language in self.images[config.image].languages:
                 key = (config.name, language)

@@ -128,7 +128,7 @@ class V1Driver:
     version = 1
     controllers = ("memory", "pids", "cpu", "freezer")
 
-    def __init__(self, parent: str = "baponi", root: Path = CGROUP_ROOT) -> None:
+    def __init__(self, parent: str, root: Path = CGROUP_ROOT) -> None:
         self._parents = {c: root / c / parent for c in self.controllers}
         for controller, directory in self._parents.items():
             if not (root / controller).is_dir():
@@ -188,7 +188,7 @@ class V2Driver:
     version = 2
     _needed = ("memory", "pids", "cpu")
 
-    def __init__(self, root: Path = CGROUP_ROOT) -> None:
+    def __init__(self, parent: str, root: Path = CGROUP_ROOT) -> None:
         own = Path("/proc/self/cgroup").read_text().strip().split("::", 1)[-1].lstrip("/")
         base = root / own
         agent_leaf = base / "agent"
@@ -204,7 +204,7 @@ class V2Driver:
             raise CgroupError(f"cgroup v2 at {base} lacks controllers: {', '.join(missing)}")
         enable = " ".join(f"+{c}" for c in self._needed)
         _write(base / "cgroup.subtree_control", enable)
-        self._parent = base / "sandboxes"
+        self._parent = base / parent
         self._parent.mkdir(exist_ok=True)
         _write(self._parent / "cgroup.subtree_control", enable)
 
@@ -225,8 +225,12 @@ class V2Driver:
                 _rmdir(child)
 
 
-def detect(root: Path = CGROUP_ROOT) -> Driver:
-    """v2 when the root itself is the unified hierarchy with the controllers we need, else v1."""
+def detect(parent: str, root: Path = CGROUP_ROOT) -> Driver:
+    """v2 when the root itself is the unified hierarchy, else v1.
+
+    `parent` names this agent's own subtree: agents with different data directories never
+    touch each other's sandboxes, and a restarted agent clears only what it left behind.
+    """
     if (root / "cgroup.controllers").exists():
-        return V2Driver(root)
-    return V1Driver(root=root)
+        return V2Driver(parent, root)
+    return V1Driver(parent, root)

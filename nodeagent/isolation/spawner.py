@@ -26,10 +26,10 @@ class SpawnerError(Exception):
     """The spawner could not be started or stopped answering."""
 
 
-def serve(sock: socket.socket) -> None:
+def serve(sock: socket.socket, cgroup_parent: str) -> None:
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # supervisors are reaped by the kernel
     try:
-        driver = cgroups.detect()
+        driver = cgroups.detect(cgroup_parent)
         driver.remove_stale()
         bpf = seccomp.compile_filter()
     except (OSError, cgroups.CgroupError) as exc:
@@ -68,10 +68,10 @@ class SandboxPipes:
 class Spawner:
     """The agent's handle on the spawner process."""
 
-    def __init__(self) -> None:
+    def __init__(self, cgroup_parent: str) -> None:
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         self._process = subprocess.Popen(
-            [sys.executable, "-m", "nodeagent.isolation.spawner", str(child.fileno())],
+            [sys.executable, "-m", "nodeagent.isolation.spawner", str(child.fileno()), cgroup_parent],
             pass_fds=[child.fileno()],
             stdin=subprocess.DEVNULL,
             env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
@@ -115,4 +115,4 @@ class Spawner:
 
 
 if __name__ == "__main__":
-    serve(socket.socket(fileno=int(sys.argv[1])))
+    serve(socket.socket(fileno=int(sys.argv[1])), sys.argv[2])
