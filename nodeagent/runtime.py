@@ -13,7 +13,7 @@ import hashlib
 import os
 import stat
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import structlog
@@ -155,8 +155,14 @@ class Runtime:
             raise RequestRejected(f"timeout must be between 1 and {config.max_timeout:g} seconds for sandbox {sandbox!r}")
         return config
 
-    async def execute(self, sandbox: str, request: ExecutionRequest) -> AsyncIterator[OutputChunk | ExecutionResult]:
-        """Run one request in a fresh sandbox of configuration `sandbox`; output, then the result."""
+    async def execute(
+        self, sandbox: str, request: ExecutionRequest, *, on_start: Callable[[], Awaitable[None]] | None = None
+    ) -> AsyncIterator[OutputChunk | ExecutionResult]:
+        """Run one request in a fresh sandbox of configuration `sandbox`; output, then the result.
+
+        `on_start` is awaited once a sandbox is held and the code is about to be handed over:
+        a failure before it means the code certainly did not run (a caller may retry elsewhere).
+        """
         config = self._validate(sandbox, request)
         request = dataclasses.replace(request, env={**BASE_ENV, **request.env})
         pool = self.pools.get((sandbox, request.language))
@@ -167,6 +173,8 @@ class Runtime:
         instance = claimed or await self._start_sandbox(config, request.language, "exec")
         self.running += 1
         try:
+            if on_start is not None:
+                await on_start()
             async for event in instance.run(request, cold_start=cold):
                 yield event
         finally:
