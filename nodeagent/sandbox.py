@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import time
 from collections.abc import AsyncIterator
 
 from .execution import ExecutionRequest, ExecutionResult, OutputChunk, Stream
 from .isolation import frames
+from .isolation import request as wire_request
 from .isolation.spawner import SandboxPipes
 from .isolation.spec import SandboxSpec
 
@@ -160,8 +160,7 @@ class Sandbox:
         started = time.monotonic()
         try:
             await self._send({"op": "run", "timeout": request.timeout, "collect_home": request.collect_home})
-            payload = json.dumps({"code": request.code, "env": request.env}).encode()
-            await _write_all(self.pipes.stdin, payload)
+            await _write_all(self.pipes.stdin, wire_request.encode(request.code, request.env))
             os.close(self.pipes.stdin)
             self.pipes.stdin = -1
             outputs = asyncio.gather(*(r.done for r in readers))

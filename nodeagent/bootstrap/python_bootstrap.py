@@ -1,23 +1,30 @@
 # Runs as `python3 -c <this file>` inside a warm sandbox; see nodeagent/bootstrap/__init__.py.
-# Everything lives in one function so no name of ours leaks into the code's __main__.
+# Everything lives in one function so no name of ours leaks into the code's __main__. Only
+# modules the interpreter has already loaded (or builtin ones) are imported: every import
+# here is paid by every sandbox. The request format is nodeagent/isolation/request.py's.
 def _baponi_bootstrap():
     import atexit
     import builtins
     import gc
-    import json
     import os
     import site
     import sys
-    import threading
-    import types
 
     compile("pass", "<string>", "exec")  # the compiler's first use costs ~2 ms: pay it ahead
     gc.freeze()  # what exists now is never garbage: the final collection only scans the code's
     os.write(3, b"R")
     os.close(3)
-    request = json.loads(sys.stdin.buffer.read())
-    os.environ.clear()
-    os.environ.update(request["env"])
+
+    data = sys.stdin.buffer.read()
+    newline = data.index(b"\n")
+    end = newline + 1 + int(data[:newline])
+    source = data[newline + 1 : end]
+    os.environb.clear()
+    for item in data[end:].split(b"\0"):
+        if item:
+            name, _, value = item.partition(b"=")
+            os.environb[name] = value
+    del data
 
     # A home restored after start-up may now hold ~/.local: put it where `python3 -c` would.
     user_site = site.getusersitepackages() if site.ENABLE_USER_SITE else None
@@ -34,12 +41,12 @@ def _baponi_bootstrap():
     sys.stderr.reconfigure(line_buffering=True)
 
     original = sys.modules["__main__"]
-    main = types.ModuleType("__main__")
+    main = type(sys)("__main__")
     main.__dict__.update(__builtins__=builtins, __loader__=original.__loader__)
     sys.modules["__main__"] = main
     status = 0
     try:
-        exec(compile(request.pop("code"), "<string>", "exec"), main.__dict__)
+        exec(compile(source, "<string>", "exec"), main.__dict__)
     except SystemExit as stop:
         status = _exit_status(stop)
     except BaseException:
@@ -47,12 +54,13 @@ def _baponi_bootstrap():
         # Drop our own frame: the traceback then reads exactly as `python3 -c` prints it.
         sys.excepthook(kind, value, tb.tb_next if tb is not None and tb.tb_next else None)
         status = 1
-    del request
+    del source
     # Interpreter shutdown as Py_FinalizeEx begins it (threads, atexit, flush), and the code's
     # own objects released so open files are flushed and closed; then skip the slow module
     # teardown (~5 ms), which nothing of the code's can observe.
     try:
-        threading._shutdown()
+        if "threading" in sys.modules:
+            sys.modules["threading"]._shutdown()
         atexit._run_exitfuncs()
         main.__dict__.clear()
         gc.collect()

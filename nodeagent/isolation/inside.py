@@ -10,13 +10,12 @@ started (daemons, setsid children) outlives the call.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import struct
 
 from ..bootstrap import BOOTSTRAPS
-from . import capabilities, mounts, network, seccomp
+from . import capabilities, mounts, network, request, seccomp
 from . import syscalls as sc
 from .spec import HOME, SANDBOX_GID, SANDBOX_UID, SandboxSpec
 
@@ -118,11 +117,11 @@ def _drop_privileges(spec: SandboxSpec) -> None:
     capabilities.clear_sets()
 
 
-def _read_request() -> dict[str, object]:
+def _read_request() -> tuple[str, dict[str, str]]:
     chunks = []
     while chunk := os.read(FD_STDIN, 1 << 20):
         chunks.append(chunk)
-    return json.loads(b"".join(chunks))
+    return request.decode(b"".join(chunks))
 
 
 def stage_c(spec: SandboxSpec, bpf: bytes) -> None:
@@ -139,8 +138,8 @@ def stage_c(spec: SandboxSpec, bpf: bytes) -> None:
             os.execve(interpreter, argv, spec.base_env)
         os.write(FD_READY, READY)
         os.close(FD_READY)
-        request = _read_request()
-        os.execve(interpreter, exec_argv(spec.language, interpreter, str(request["code"])), dict(request["env"]))  # type: ignore[arg-type]
+        code, env = _read_request()
+        os.execve(interpreter, exec_argv(spec.language, interpreter, code), env)
     except BaseException as exc:  # noqa: BLE001 - nothing above may unwind into the spawner's code
         os.write(FD_STDERR, f"baponi: cannot start {spec.language}: {exc}\n".encode())
         os._exit(113)
