@@ -8,7 +8,9 @@ sends a spec plus the sandbox's pipe ends over a Unix socket (SCM_RIGHTS).
 
 from __future__ import annotations
 
+import gc
 import os
+import select
 import signal
 import socket
 import subprocess
@@ -26,8 +28,48 @@ class SpawnerError(Exception):
     """The spawner could not be started or stopped answering."""
 
 
+class _Slots:
+    """cgroup slots, each lent to one supervisor and taken back when it has exited."""
+
+    def __init__(self, driver: cgroups.Driver) -> None:
+        self._driver = driver
+        self._free: list[str] = []
+        self._lent: dict[int, str] = {}
+        self._count = 0
+
+    def take(self) -> str:
+        if self._free:
+            return self._free.pop()
+        self._count += 1
+        return f"s{self._count}"
+
+    def lend(self, pid: int, slot: str) -> None:
+        self._lent[pid] = slot
+
+    def reap(self) -> None:
+        """Collect exited supervisors; a slot is reused only once nothing runs in it."""
+        while True:
+            try:
+                pid, _ = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            slot = self._lent.pop(pid, None)
+            if slot is None:
+                continue
+            cgroup = self._driver.slot(slot)
+            if cgroup.pids():
+                cgroup.kill_all()  # its supervisor died abnormally: never hand out a busy slot
+            if not cgroup.pids():
+                self._free.append(slot)
+
+
 def serve(sock: socket.socket, cgroup_parent: str) -> None:
-    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # supervisors are reaped by the kernel
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_w, False)
+    signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGCHLD, lambda *_: None)  # wakes select() through the wakeup fd
     try:
         driver = cgroups.detect(cgroup_parent)
         driver.remove_stale()
@@ -35,13 +77,38 @@ def serve(sock: socket.socket, cgroup_parent: str) -> None:
     except (OSError, cgroups.CgroupError) as exc:
         frames.send(sock, {"event": "failed", "message": str(exc)})
         return
+    slots = _Slots(driver)
+    # Everything the forks inherit stays put: without this, a collection in a child would
+    # touch (and so copy) every object page of ours, several ms of page faults per sandbox.
+    gc.freeze()
     frames.send(sock, {"event": "ready", "cgroup_version": driver.version})
-    while (frame := frames.recv(sock, max_fds=_FDS_PER_SPAWN)) is not None:
+    while True:
+        readable, _, _ = select.select([sock, wake_r], [], [])
+        if wake_r in readable:
+            os.read(wake_r, 4096)
+            slots.reap()
+        if sock not in readable:
+            continue
+        frame = frames.recv(sock, max_fds=_FDS_PER_SPAWN)
+        if frame is None:
+            return
         header, _payload, fds = frame
         spec = SandboxSpec.from_json(header["spec"])
-        if os.fork() == 0:
+        slot = slots.take()
+        try:
+            cgroup = driver.prepare(slot, spec.limits)
+        except OSError as exc:
+            frames.send(socket.socket(fileno=fds[0]), {"event": "failed", "message": f"cgroup {slot}: {exc}"})
+            for fd in fds[1:]:
+                os.close(fd)
+            continue
+        pid = os.fork()
+        if pid == 0:
             sock.close()
-            supervise(spec, driver, bpf, socket.socket(fileno=fds[0]), fds[1:])
+            os.close(wake_r)
+            os.close(wake_w)
+            supervise(spec, cgroup, bpf, socket.socket(fileno=fds[0]), fds[1:])
+        slots.lend(pid, slot)
         for fd in fds:
             os.close(fd)
 

@@ -33,8 +33,10 @@ class _Run:
 
 
 class Supervisor:
-    def __init__(self, spec: SandboxSpec, driver: cgroups.Driver, bpf: bytes, ctl: socket.socket, stdio: list[int]):
-        self.spec, self.driver, self.bpf, self.ctl, self.stdio = spec, driver, bpf, ctl, stdio
+    def __init__(
+        self, spec: SandboxSpec, cgroup: cgroups.Cgroup, bpf: bytes, ctl: socket.socket, stdio: list[int]
+    ) -> None:
+        self.spec, self.cgroup, self.bpf, self.ctl, self.stdio = spec, cgroup, bpf, ctl, stdio
         self.run = _Run()
 
     # --- start -----------------------------------------------------------------------------
@@ -48,9 +50,8 @@ class Supervisor:
         with open(f"/proc/{pid}/gid_map", "w") as handle:
             handle.write(mapping)
 
-    def start(self) -> tuple[int, cgroups.Cgroup]:
-        """Fork the chain and return pid 1 of the sandbox (as the host sees it) and its cgroup."""
-        cgroup = self.driver.create(self.spec.sandbox_id, self.spec.limits)
+    def start(self) -> int:
+        """Fork the chain and return pid 1 of the sandbox, as the host sees it."""
         up_r, up_w = os.pipe()
         down_r, down_w = os.pipe()
         status_r, status_w = os.pipe()
@@ -68,13 +69,13 @@ class Supervisor:
             if os.read(up_r, 1) != b"u":
                 raise OSError("sandbox namespaces could not be created")
             self._write_id_maps(pid_a)
-            cgroup.add(pid_a)
+            self.cgroup.add(pid_a)
             os.write(down_w, b"m")
             raw = os.read(up_r, 32)
             os.waitpid(pid_a, 0)
             if not raw:
                 raise OSError("sandbox init did not start")
-            return int(raw), cgroup
+            return int(raw)
         finally:
             os.close(up_r)
             os.close(down_w)
@@ -141,13 +142,13 @@ class Supervisor:
         raw = os.read(self.status_r, inside.STATUS.size)
         return inside.STATUS.unpack(raw)[0] if len(raw) == inside.STATUS.size else None
 
-    def _empty_cgroup(self, cgroup: cgroups.Cgroup, init_pid: int) -> None:
+    def _empty_cgroup(self, init_pid: int) -> None:
         """No process of the code may survive it; pid 1 (ours) exits right after."""
         give_up = time.monotonic() + _KILL_GRACE_S
-        while [pid for pid in cgroup.pids() if pid != init_pid]:
+        while [pid for pid in self.cgroup.pids() if pid != init_pid]:
             if time.monotonic() > give_up:
                 raise cgroups.CgroupError("sandbox processes survived the kill")
-            cgroup.kill_all()
+            self.cgroup.kill_all()
             time.sleep(0.001)
 
     def _report(self, status: int | None) -> dict[str, object]:
@@ -167,10 +168,10 @@ class Supervisor:
             report["exit_code"] = os.WEXITSTATUS(status)
         return report
 
-    def finish(self, init_pid: int, cgroup: cgroups.Cgroup, status: int | None) -> None:
+    def finish(self, init_pid: int, status: int | None) -> None:
         report = self._report(status)
-        self._empty_cgroup(cgroup, init_pid)
-        report["oom_killed"] = cgroup.oom_kills() > 0
+        self._empty_cgroup(init_pid)
+        report["oom_killed"] = self.cgroup.oom_kills() > 0
         home = b""
         if self.run.collect_home and not self.run.cancelled:
             home = injection.archive_home(self.ns)
@@ -181,21 +182,22 @@ class Supervisor:
         self._kill()
         os.waitpid(init_pid, 0)
         self.ns.close()
-        self._empty_cgroup(cgroup, 0)
-        cgroup.remove()
+        self._empty_cgroup(0)
+        self.cgroup.release()
 
 
-def supervise(spec: SandboxSpec, driver: cgroups.Driver, bpf: bytes, ctl: socket.socket, stdio: list[int]) -> None:
+def supervise(spec: SandboxSpec, cgroup: cgroups.Cgroup, bpf: bytes, ctl: socket.socket, stdio: list[int]) -> None:
     """Entry point of the forked supervisor; never returns into the spawner."""
+    signal.set_wakeup_fd(-1)
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     sc.prctl(sc.PR_SET_CHILD_SUBREAPER, 1)
-    supervisor = Supervisor(spec, driver, bpf, ctl, stdio)
+    supervisor = Supervisor(spec, cgroup, bpf, ctl, stdio)
     try:
-        init_pid, cgroup = supervisor.start()
+        init_pid = supervisor.start()
     except (OSError, cgroups.CgroupError) as exc:
         frames.send(ctl, {"event": "failed", "message": f"sandbox could not start: {exc}"})
         os._exit(1)
     frames.send(ctl, {"event": "started", "pid": init_pid})
     status = supervisor.serve(init_pid)
-    supervisor.finish(init_pid, cgroup, status)
+    supervisor.finish(init_pid, status)
     os._exit(0)
