@@ -48,6 +48,7 @@ class Driver(Protocol):
     def prepare(self, slot: str, limits: Limits) -> Cgroup: ...
     def slot(self, slot: str) -> Cgroup: ...
     def remove_stale(self) -> None: ...
+    def remove_all(self) -> None: ...
 
 
 def _write(path: Path, value: str | int) -> None:
@@ -175,6 +176,12 @@ class V1Driver:
                 if child.is_dir():
                     _rmdir(child)
 
+    def remove_all(self) -> None:
+        """The agent is stopping: leave nothing of its subtree behind."""
+        self.remove_stale()
+        for parent in self._parents.values():
+            _rmdir(parent)
+
 
 class _V2Cgroup:
     def __init__(self, path: Path) -> None:
@@ -248,6 +255,10 @@ class V2Driver:
             if child.is_dir():
                 _V2Cgroup(child).kill_all()
                 _rmdir(child)
+
+    def remove_all(self) -> None:
+        self.remove_stale()
+        _rmdir(self._parent)
 
 
 def detect(parent: str, root: Path = CGROUP_ROOT) -> Driver:

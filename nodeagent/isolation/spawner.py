@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 
 from . import cgroups, frames, seccomp
@@ -45,6 +46,13 @@ class _Slots:
 
     def lend(self, pid: int, slot: str) -> None:
         self._lent[pid] = slot
+
+    def wait_all(self, timeout: float) -> None:
+        """Until every supervisor has exited (each kills its sandbox once the agent is gone)."""
+        deadline = time.monotonic() + timeout
+        while self._lent and time.monotonic() < deadline:
+            time.sleep(0.01)
+            self.reap()
 
     def reap(self) -> None:
         """Collect exited supervisors; a slot is reused only once nothing runs in it."""
@@ -90,7 +98,9 @@ def serve(sock: socket.socket, cgroup_parent: str) -> None:
         if sock not in readable:
             continue
         frame = frames.recv(sock, max_fds=_FDS_PER_SPAWN)
-        if frame is None:
+        if frame is None:  # the agent is gone
+            slots.wait_all(timeout=10)
+            driver.remove_all()
             return
         header, _payload, fds = frame
         spec = SandboxSpec.from_json(header["spec"])
@@ -175,7 +185,7 @@ class Spawner:
     def close(self) -> None:
         self._sock.close()
         try:
-            self._process.wait(timeout=5)
+            self._process.wait(timeout=15)
         except subprocess.TimeoutExpired:
             self._process.kill()
             self._process.wait()
