@@ -54,8 +54,15 @@ def install_fds(stdio: list[int], keep: list[int]) -> list[int]:
     return kept
 
 
+def _die_with_parent() -> None:
+    """If the supervisor dies (a crash, a kill), the sandbox must not run on unwatched."""
+    sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
 def stage_a(spec: SandboxSpec, to_parent: int, from_parent: int, status_w: int, bpf: bytes) -> None:
-    """Enter the namespaces. The parent, still root on the host, writes our id maps."""
+    """Enter the namespaces (the supervisor, still root on the host, writes our id maps),
+    then stay as B's parent: B dies with A (parent-death signal), and A with the supervisor."""
+    supervisor = os.getppid()
     os.setgroups([])
     sc.unshare(NAMESPACES)
     os.write(to_parent, b"u")
@@ -63,13 +70,19 @@ def stage_a(spec: SandboxSpec, to_parent: int, from_parent: int, status_w: int, 
         os._exit(111)
     os.setresgid(0, 0, 0)
     os.setresuid(0, 0, 0)
+    _die_with_parent()  # after setresuid, which clears the parent-death signal
+    if os.getppid() != supervisor:
+        os._exit(114)  # the supervisor died before we could tie ourselves to it
     sc.unshare(sc.CLONE_NEWCGROUP)  # after the parent moved us into our cgroup
     pid = os.fork()
     if pid == 0:
         os.close(to_parent)
         os.close(from_parent)
+        _die_with_parent()  # A lives exactly as long as the supervisor does
         stage_b(spec, status_w, bpf)
     os.write(to_parent, str(pid).encode())
+    close_fds_except(set())
+    os.waitpid(pid, 0)
     os._exit(0)
 
 

@@ -72,7 +72,7 @@ class Supervisor:
             self.cgroup.add(pid_a)
             os.write(down_w, b"m")
             raw = os.read(up_r, 32)
-            os.waitpid(pid_a, 0)
+            self.pid_a = pid_a
             if not raw:
                 raise OSError("sandbox init did not start")
             return int(raw)
@@ -180,7 +180,7 @@ class Supervisor:
         except OSError:
             pass
         self._kill()
-        os.waitpid(init_pid, 0)
+        os.waitpid(self.pid_a, 0)  # A reaps B, then exits
         self.ns.close()
         self._empty_cgroup(0)
         self.cgroup.release()
@@ -190,7 +190,6 @@ def supervise(spec: SandboxSpec, cgroup: cgroups.Cgroup, bpf: bytes, ctl: socket
     """Entry point of the forked supervisor; never returns into the spawner."""
     signal.set_wakeup_fd(-1)
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-    sc.prctl(sc.PR_SET_CHILD_SUBREAPER, 1)
     supervisor = Supervisor(spec, cgroup, bpf, ctl, stdio)
     try:
         init_pid = supervisor.start()
