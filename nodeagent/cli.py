@@ -1,4 +1,4 @@
-"""`baponi-agent`: run code in a sandbox of the local node agent, from the command line."""
+"""`baponi-agent`: run code in a sandbox from the command line, or serve the node agent's gRPC API."""
 
 from __future__ import annotations
 
@@ -8,9 +8,13 @@ import sys
 from pathlib import Path
 
 from . import logs
-from .config import SandboxConfig
+from .config import ConfigError, SandboxConfig
 from .execution import ExecutionRequest, ExecutionResult, OutputChunk
+from .images import ImageError
+from .isolation.spawner import SpawnerError
+from .resources import load_documents, sandbox_configs
 from .runtime import Runtime
+from .server import AgentServer
 
 
 async def _run_once(args: argparse.Namespace) -> int:
@@ -34,6 +38,19 @@ async def _run_once(args: argparse.Namespace) -> int:
         await runtime.close()
 
 
+def _serve(args: argparse.Namespace) -> int:
+    """Serve until SIGTERM (exit 0 after draining); a configuration or start-up failure exits 1."""
+    try:
+        configs = sandbox_configs(load_documents(Path(args.config))) if args.config else [SandboxConfig()]
+        runtime = Runtime(Path(args.data_dir), configs)
+        server = AgentServer(runtime, args.address, metrics_address=args.metrics_address, grace=args.grace)
+        asyncio.run(server.run())
+    except (ConfigError, ImageError, SpawnerError, OSError) as exc:
+        print(f"baponi-agent: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="baponi-agent", description="Run code in an isolated Baponi sandbox.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -42,7 +59,17 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--language", "-l", choices=("python", "node", "bash"), default="python")
     run.add_argument("--timeout", type=float, default=60.0)
     run.add_argument("--data-dir", default="/var/lib/baponi")
+    serve = commands.add_parser("serve", help="serve the node agent's gRPC API until SIGTERM")
+    serve.add_argument("--address", required=True, help="where to listen: unix:///path or host:port")
+    serve.add_argument("--data-dir", default="/var/lib/baponi")
+    serve.add_argument("--config", help="YAML file of Sandbox resources (default: the built-in default sandbox)")
+    serve.add_argument("--metrics-address", help="host:port to serve Prometheus metrics on (default: none)")
+    serve.add_argument("--grace", type=float, default=30.0, help="seconds running calls get to finish on SIGTERM")
+    serve.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     args = parser.parse_args(argv)
+    if args.command == "serve":
+        logs.configure(args.log_level)
+        return _serve(args)
     logs.configure("warning")
     return asyncio.run(_run_once(args))
 

@@ -173,6 +173,7 @@ class Runtime:
         instance = claimed or await self._start_sandbox(config, request.language, "exec")
         self.running += 1
         try:
+            await instance.prepare(request)
             if on_start is not None:
                 await on_start()
             async for event in instance.run(request, cold_start=cold):
@@ -180,6 +181,11 @@ class Runtime:
         finally:
             self.running -= 1
             await instance.destroy()
+
+    @property
+    def cgroup_version(self) -> int:
+        assert self._spawner is not None, "Runtime.start() first"
+        return self._spawner.cgroup_version
 
     def status(self) -> dict[str, object]:
         return {

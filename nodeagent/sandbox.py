@@ -88,6 +88,7 @@ class Sandbox:
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._used = False
+        self._exited: asyncio.Future | None = None
         self._finished = False
         self.closed = False
 
@@ -143,8 +144,8 @@ class Sandbox:
         if reply.get("event") != "done":
             raise SandboxError(reply.get("message", f"{header['op']} failed"))
 
-    async def run(self, request: ExecutionRequest, *, cold_start: bool = False) -> AsyncIterator[OutputChunk | ExecutionResult]:
-        """Run the request's code; yield output as it comes, and the result last."""
+    async def prepare(self, request: ExecutionRequest) -> None:
+        """Claim-time work: the call's mounts and home, before any code is handed over."""
         if self._used:
             raise SandboxError("a sandbox serves one execution only")
         self._used = True
@@ -152,6 +153,11 @@ class Sandbox:
             await self._claim_op({"op": "mount", "source": mount.source, "target": mount.target, "read_only": mount.read_only})
         if request.home:
             await self._claim_op({"op": "home"}, request.home)
+
+    async def run(self, request: ExecutionRequest, *, cold_start: bool = False) -> AsyncIterator[OutputChunk | ExecutionResult]:
+        """Run the request's code (after `prepare`); yield output as it comes, the result last."""
+        if not self._used or self._exited is not None:
+            raise SandboxError("prepare() a sandbox once, then run it once")
         queue: asyncio.Queue[OutputChunk] = asyncio.Queue()
         readers = [
             _OutputReader(self.pipes.stdout, "stdout", self.output_limit, queue),
@@ -164,7 +170,8 @@ class Sandbox:
             os.close(self.pipes.stdin)
             self.pipes.stdin = -1
             outputs = asyncio.gather(*(r.done for r in readers))
-            exited = asyncio.ensure_future(self._frame())
+            self._exited = asyncio.ensure_future(self._frame())
+            getter: asyncio.Future | None = None
             while not (outputs.done() and queue.empty()):
                 getter = asyncio.ensure_future(queue.get())
                 await asyncio.wait({getter, outputs}, return_when=asyncio.FIRST_COMPLETED)
@@ -172,10 +179,12 @@ class Sandbox:
                     yield getter.result()
                 else:
                     getter.cancel()
-            header, home = await exited
+            header, home = await self._exited
             duration_ms = (time.monotonic() - started) * 1000
             self._finished = True
         finally:
+            if getter is not None and not getter.done():
+                getter.cancel()
             for reader in readers:
                 reader.cancel()
         stdout, stderr = readers
@@ -198,14 +207,19 @@ class Sandbox:
         """Kill an unused sandbox (recycling, shutdown) and wait until its supervisor is done."""
         if self.closed:
             return
-        if self._writer is not None and not self._finished:
-            try:
+        try:
+            if self._writer is not None and not self._finished:
                 await self._send({"op": "kill"})
-                while (await self._frame())[0].get("event") != "exited":
-                    pass
-            except (SandboxError, frames.FrameError, ConnectionError):
-                pass
-        self.close()
+                # A run cut short still has its read of the final frame pending: reuse it,
+                # a second reader on the same stream is an error.
+                pending, self._exited = self._exited, None
+                header = (await pending)[0] if pending is not None else {}
+                while header.get("event") != "exited":
+                    header = (await self._frame())[0]
+        except (SandboxError, frames.FrameError, ConnectionError):
+            pass
+        finally:
+            self.close()
 
     def close(self) -> None:
         if self.closed:

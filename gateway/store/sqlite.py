@@ -1,0 +1,131 @@
+"""SQLite backend, for one machine: one connection, used only from its own worker thread.
+
+Calls on the connection run one at a time in that thread, so the event loop never blocks on
+disk, and an asyncio lock keeps one caller's transaction from interleaving with another's.
+Several processes on the same file are safe too: transactions take SQLite's write lock
+(BEGIN IMMEDIATE) and wait for it up to the busy timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sqlite3
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
+
+from .migrations import MIGRATIONS, Migration
+from .sql import Params, Row, Session, Store, utc
+
+T = TypeVar("T")
+
+_PRAGMAS = (
+    "journal_mode = WAL",  # readers do not wait for the writer
+    "synchronous = NORMAL",  # with WAL: a crashed process loses nothing; a power cut, the last commits
+    "foreign_keys = ON",
+    "busy_timeout = 5000",
+)
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    """The file is created 0600 before SQLite opens it (its -wal and -shm files take the same
+    mode): it holds key hashes and the audit log."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+    os.chmod(path, 0o600)
+    connection = sqlite3.connect(path, isolation_level=None)  # autocommit; transactions are explicit
+    connection.row_factory = lambda cursor, row: dict(zip([c[0] for c in cursor.description], row, strict=True))
+    for pragma in _PRAGMAS:
+        connection.execute(f"PRAGMA {pragma}")
+    return connection
+
+
+def _bind(value: Any) -> Any:
+    """Datetimes as fixed-width ISO text in UTC, which sorts as the times do; dicts as JSON."""
+    if isinstance(value, datetime):
+        return utc(value).isoformat(timespec="microseconds")
+    if isinstance(value, dict):
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    return value
+
+
+class _SqliteSession(Session):
+    def __init__(self, store: SqliteStore) -> None:
+        self._store = store
+
+    async def fetch(self, sql: str, params: Params = ()) -> list[Row]:
+        connection, bound = self._store._connection, [_bind(p) for p in params]
+        return await self._store._run(lambda: connection.execute(sql, bound).fetchall())
+
+    async def execute(self, sql: str, params: Params = ()) -> int:
+        connection, bound = self._store._connection, [_bind(p) for p in params]
+        return await self._store._run(lambda: connection.execute(sql, bound).rowcount)
+
+
+class SqliteStore(Store):
+    column_types: ClassVar[Mapping[str, str]] = {"timestamp": "TEXT", "json": "TEXT", "bytes": "BLOB"}
+
+    def __init__(self, connection: sqlite3.Connection, worker: ThreadPoolExecutor) -> None:
+        self._connection = connection
+        self._worker = worker
+        self._lock = asyncio.Lock()
+
+    @classmethod
+    async def open(cls, path: Path, migrations: Sequence[Migration] = MIGRATIONS) -> SqliteStore:
+        worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="baponi-sqlite")
+        try:
+            connection = await asyncio.get_running_loop().run_in_executor(worker, _connect, path)
+        except BaseException:
+            worker.shutdown()
+            raise
+        store = cls(connection, worker)
+        try:
+            await store._migrate(migrations)
+        except BaseException:
+            await store.close()
+            raise
+        return store
+
+    async def _run(self, call: Callable[[], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._worker, call)
+
+    @asynccontextmanager
+    async def _session(self, *, transaction: bool = False) -> AsyncIterator[Session]:
+        async with self._lock:
+            if not transaction:
+                yield _SqliteSession(self)
+                return
+            await self._run(lambda: self._connection.execute("BEGIN IMMEDIATE"))
+            try:
+                yield _SqliteSession(self)
+            except BaseException:
+                await self._run(lambda: self._connection.execute("ROLLBACK"))
+                raise
+            await self._run(lambda: self._connection.execute("COMMIT"))
+
+    async def _lock_migrations(self, session: Session) -> None:
+        """BEGIN IMMEDIATE already holds the database's write lock."""
+
+    @staticmethod
+    def _load_time(value: str) -> datetime:
+        return datetime.fromisoformat(value)
+
+    @staticmethod
+    def _load_json(value: str) -> dict[str, str]:
+        loaded: dict[str, str] = json.loads(value)
+        return loaded
+
+    @staticmethod
+    def _metadata_filter(metadata: Mapping[str, str]) -> tuple[str, list[Any]]:
+        """json_each rather than json_extract: a key may hold any character, quotes and dots too."""
+        pair = "EXISTS (SELECT 1 FROM json_each(executions.metadata) AS m WHERE m.key = ? AND m.value = ?)"
+        return " AND ".join([pair] * len(metadata)), [item for kv in metadata.items() for item in kv]
+
+    async def close(self) -> None:
+        await self._run(self._connection.close)
+        self._worker.shutdown()
