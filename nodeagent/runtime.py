@@ -23,6 +23,7 @@ from .execution import ExecutionRequest, ExecutionResult, OutputChunk
 from .images import Image, ImageError
 from .images.default import DEFAULT_IMAGE, default_image
 from .isolation.cgroups import Limits
+from .isolation.injection import InjectionError, data_target
 from .isolation.spawner import Spawner
 from .isolation.spec import HOME, SandboxSpec
 from .pool import WarmPool
@@ -153,6 +154,11 @@ class Runtime:
         self.images[config.image].interpreter(request.language)
         if not 0 < request.timeout <= config.max_timeout:
             raise RequestRejected(f"timeout must be between 1 and {config.max_timeout:g} seconds for sandbox {sandbox!r}")
+        for mount in request.mounts:
+            try:
+                data_target(mount.target)
+            except InjectionError as exc:
+                raise RequestRejected(str(exc)) from None
         return config
 
     async def execute(

@@ -42,35 +42,44 @@ def _baponi_bootstrap():
 
     original = sys.modules["__main__"]
     main = type(sys)("__main__")
-    main.__dict__.update(__builtins__=builtins, __loader__=original.__loader__)
+    main.__dict__.update(__builtins__=builtins, __loader__=original.__loader__, __annotations__={})
     sys.modules["__main__"] = main
-    status = 0
-    try:
-        exec(compile(source, "<string>", "exec"), main.__dict__)
-    except SystemExit as stop:
-        status = _exit_status(stop)
-    except BaseException:
-        kind, value, tb = sys.exc_info()
-        # Drop our own frame: the traceback then reads exactly as `python3 -c` prints it.
-        sys.excepthook(kind, value, tb.tb_next if tb is not None and tb.tb_next else None)
-        status = 1
-    del source
-    # Interpreter shutdown as Py_FinalizeEx begins it (threads, atexit, flush), and the code's
-    # own objects released so open files are flushed and closed; then skip the slow module
-    # teardown (~5 ms), which nothing of the code's can observe.
-    try:
-        if "threading" in sys.modules:
-            sys.modules["threading"]._shutdown()
-        atexit._run_exitfuncs()
+    outcome = {"status": 0, "sigint": False}
+
+    def finish():
+        # Registered first, so the interpreter runs it last: after joining threads and running
+        # the code's own atexit callbacks, as Py_FinalizeEx does. The code's objects are then
+        # released (open files flush and close) and the slow module teardown (~5 ms), which
+        # nothing of the code's can observe, is skipped.
         main.__dict__.clear()
         gc.collect()
         for stream in (sys.stdout, sys.stderr):
             stream.flush()
+        if outcome["sigint"]:
+            _die_by_sigint()
+        os._exit(outcome["status"])
+
+    atexit.register(finish)
+    try:
+        exec(compile(source, "<string>", "exec"), main.__dict__)
     except SystemExit as stop:
-        status = _exit_status(stop)
-    except BaseException:
-        sys.excepthook(*sys.exc_info())
-    os._exit(status)
+        outcome["status"] = _exit_status(stop)
+    except BaseException as error:
+        # Drop our own frame: the traceback then reads exactly as `python3 -c` prints it (the
+        # hook prints the exception's own traceback, so it is the exception that must change).
+        error = error.with_traceback(error.__traceback__.tb_next)
+        sys.excepthook(type(error), error, error.__traceback__)
+        outcome.update(status=1, sigint=isinstance(error, KeyboardInterrupt))
+        del error
+
+
+def _die_by_sigint():
+    """An unhandled KeyboardInterrupt ends `python3 -c` by SIGINT, so the caller sees 130."""
+    import _signal
+    import os
+
+    _signal.signal(_signal.SIGINT, _signal.SIG_DFL)
+    os.kill(os.getpid(), _signal.SIGINT)
 
 
 def _exit_status(stop):

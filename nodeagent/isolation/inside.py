@@ -22,6 +22,7 @@ from .spec import HOME, SANDBOX_GID, SANDBOX_UID, SandboxSpec
 NAMESPACES = sc.CLONE_NEWUSER | sc.CLONE_NEWNS | sc.CLONE_NEWUTS | sc.CLONE_NEWIPC | sc.CLONE_NEWNET | sc.CLONE_NEWPID
 STATUS = struct.Struct("!i")
 READY = b"R"
+MAX_FD = 1 << 20
 
 # fds of the chain, fixed so every stage knows them without bookkeeping.
 FD_STDIN, FD_STDOUT, FD_STDERR, FD_READY = 0, 1, 2, 3
@@ -81,7 +82,9 @@ def stage_a(spec: SandboxSpec, to_parent: int, from_parent: int, status_w: int, 
         _die_with_parent()  # A lives exactly as long as the supervisor does
         stage_b(spec, status_w, bpf)
     os.write(to_parent, str(pid).encode())
-    close_fds_except(set())
+    # A shares B's mount namespace, so B's pivot_root moves A's root too: from then on /proc
+    # is the sandbox's, where A has no pid. Nothing here may look at the filesystem.
+    os.closerange(0, MAX_FD)
     os.waitpid(pid, 0)
     os._exit(0)
 

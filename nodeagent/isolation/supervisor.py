@@ -72,7 +72,6 @@ class Supervisor:
             self.cgroup.add(pid_a)
             os.write(down_w, b"m")
             raw = os.read(up_r, 32)
-            self.pid_a = pid_a
             if not raw:
                 raise OSError("sandbox init did not start")
             return int(raw)
@@ -123,6 +122,7 @@ class Supervisor:
                 timeout_ms = max(0, int((self.run.deadline - time.monotonic()) * 1000) + 1)
             ready = dict(poller.poll(timeout_ms))
             if self.status_r in ready or self.pidfd in ready:
+                self._drain_control()
                 return self._code_status()
             if self.run.deadline is not None and time.monotonic() >= self.run.deadline:
                 self.run.timed_out = True
@@ -137,6 +137,16 @@ class Supervisor:
                     poller.unregister(self.ctl)
                     continue
                 self._handle(frame[0], frame[1])
+
+    def _drain_control(self) -> None:
+        """Code can end before its `run` frame is read (it is sent before the code): take it,
+        or the call's instructions (collect the home) would be lost."""
+        while not self.run.cancelled and select.select([self.ctl], [], [], 0)[0]:
+            frame = frames.recv(self.ctl)
+            if frame is None:
+                self.run.cancelled = True
+                return
+            self._handle(frame[0], frame[1])
 
     def _code_status(self) -> int | None:
         raw = os.read(self.status_r, inside.STATUS.size)
@@ -180,16 +190,25 @@ class Supervisor:
         except OSError:
             pass
         self._kill()
-        os.waitpid(self.pid_a, 0)  # A reaps B, then exits
+        _reap_all()  # A reaps B, then exits; B comes to us if A went first
         self.ns.close()
         self._empty_cgroup(0)
         self.cgroup.release()
+
+
+def _reap_all() -> None:
+    while True:
+        try:
+            os.waitpid(-1, 0)
+        except ChildProcessError:
+            return
 
 
 def supervise(spec: SandboxSpec, cgroup: cgroups.Cgroup, bpf: bytes, ctl: socket.socket, stdio: list[int]) -> None:
     """Entry point of the forked supervisor; never returns into the spawner."""
     signal.set_wakeup_fd(-1)
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    sc.prctl(sc.PR_SET_CHILD_SUBREAPER, 1)  # an orphaned B is ours to reap, not the host's init
     supervisor = Supervisor(spec, cgroup, bpf, ctl, stdio)
     try:
         init_pid = supervisor.start()

@@ -1,0 +1,278 @@
+"""Warm pools: a call claims a started sandbox, which serves it alone and is then destroyed;
+the pool refills behind it, replaces sandboxes idle too long, and a closed runtime leaves
+no process or cgroup behind.
+
+Tests that need a pool of their own configuration build a Runtime of their own
+(`own_runtime`), so the session runtime's pools stay as other tests expect them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import glob
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from nodeagent.config import SandboxConfig
+from nodeagent.execution import ExecutionRequest
+from nodeagent.images import Image
+from nodeagent.runtime import BASE_ENV, Runtime
+from nodeagent.sandbox import SandboxError
+from tests.conftest import Runner
+
+WAIT_S = 60.0  # the machine is shared and loaded: waits are generous, never assumed short
+SANDBOX_UIDS = range(200_000, 200_000 + 65_536)
+
+
+@contextlib.asynccontextmanager
+async def own_runtime(*configs: SandboxConfig, images: dict[str, Image] | None = None) -> AsyncIterator[Runtime]:
+    """A started Runtime with a data directory made like the `data_dir` fixture; closed after."""
+    path = Path(tempfile.mkdtemp(prefix="baponi-test-", dir="/tmp"))
+    path.chmod(0o711)
+    runtime = Runtime(path, list(configs), images=images)
+    try:
+        await runtime.start()
+        yield runtime
+    finally:
+        await runtime.close()
+        shutil.rmtree(path, ignore_errors=True)
+
+
+async def wait_until(predicate, what: str, timeout: float = WAIT_S) -> None:  # noqa: ANN001
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting until {what}")
+        await asyncio.sleep(0.01)
+
+
+@dataclass(frozen=True)
+class Proc:
+    """A host process, with its start time so a reused pid is never taken for it."""
+
+    pid: int
+    start: str
+    state: str
+    ppid: int
+    uid: int
+    cgroups: str
+
+
+def _proc(pid: int) -> Proc | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        status = Path(f"/proc/{pid}/status").read_text()
+        cgroups = Path(f"/proc/{pid}/cgroup").read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[1].split()  # after "pid (comm)": fields 3.. of proc_pid_stat(5)
+    uid = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("Uid:"))
+    return Proc(pid, fields[19], fields[0], int(fields[1]), uid, cgroups)
+
+
+def processes() -> list[Proc]:
+    found = (_proc(int(name)) for name in os.listdir("/proc") if name.isdigit())
+    return [p for p in found if p is not None]
+
+
+def still_there(process: Proc) -> Proc | None:
+    """The process as it is now (a zombie included), or None once it is gone."""
+    now = _proc(process.pid)
+    return now if now is not None and now.start == process.start else None
+
+
+def alive(process: Proc) -> bool:
+    return still_there(process) is not None
+
+
+def supervisor_of(init_pid: int) -> Proc:
+    """The sandbox's supervisor: its nearest ancestor running as host root (every process of
+    the sandbox itself runs under a host uid of the sandbox range)."""
+    process = _proc(init_pid)
+    while process is not None and process.uid in SANDBOX_UIDS:
+        process = _proc(process.ppid)
+    assert process is not None and process.uid == 0, f"no supervisor above sandbox init {init_pid}"
+    return process
+
+
+def in_cgroup_subtree(parent: str) -> list[Proc]:
+    return [p for p in processes() if f"/{parent}/" in p.cgroups]
+
+
+def python_pool(runtime: Runtime, config: str = "default"):  # noqa: ANN201
+    return runtime.pools[(config, "python")]
+
+
+# --- claiming -------------------------------------------------------------------------
+
+
+async def test_claim_from_a_full_pool_is_warm(run, runtime):
+    pool = python_pool(runtime)
+    await pool.wait_full(WAIT_S)
+    claims, misses = pool.claims, pool.misses
+    outcome = await run("print('warm')")
+    assert (outcome.stdout, outcome.exit_code) == ("warm\n", 0)
+    assert outcome.result.cold_start is False
+    assert (pool.claims, pool.misses) == (claims + 1, misses)
+
+
+# What identifies one sandbox from inside it: its namespaces, and a file it leaves in /tmp.
+IDENTITY = """
+import json, os, socket
+found = os.path.exists('/tmp/left-behind')
+open('/tmp/left-behind', 'w').write('x')
+print(json.dumps({'ns': {n: os.readlink(f'/proc/self/ns/{n}') for n in ('pid', 'mnt', 'net', 'uts', 'ipc', 'user')},
+                  'pid': os.getpid(), 'hostname': socket.gethostname(), 'found': found}))
+"""
+
+
+async def test_each_call_gets_a_fresh_sandbox(run, runtime):
+    reports = []
+    for _ in range(2):
+        await python_pool(runtime).wait_full(WAIT_S)
+        outcome = await run(IDENTITY)
+        assert outcome.exit_code == 0 and outcome.result.cold_start is False, outcome.stderr
+        reports.append(json.loads(outcome.stdout))
+    first, second = reports
+    assert not first["found"] and not second["found"], "a file from the previous call is still in /tmp"
+    assert {n for n in first["ns"] if first["ns"][n] == second["ns"][n]} == set(), "namespaces reused"
+    assert first["pid"] == second["pid"] == 2  # the interpreter is always pid 2 of its own pid namespace
+    assert first["hostname"] == second["hostname"] == "sandbox"
+
+
+async def collect(events) -> list:  # noqa: ANN001
+    return [event async for event in events]
+
+
+async def test_a_sandbox_refuses_a_second_run(runtime):
+    """The Sandbox handle itself enforces one execution: prepare once, run once."""
+    pool = python_pool(runtime)
+    await pool.wait_full(WAIT_S)
+    sandbox = pool.claim()
+    assert sandbox is not None
+    request = ExecutionRequest(code="print('once')", env=dict(BASE_ENV), timeout=30)
+    try:
+        supervisor = supervisor_of(sandbox.init_pid)  # type: ignore[arg-type]
+        await sandbox.prepare(request)
+        events = await collect(sandbox.run(request))
+        assert events[-1] == dataclasses.replace(events[-1], exit_code=0, error=None), events[-1]
+        assert b"".join(e.data for e in events[:-1]) == b"once\n"
+        with pytest.raises(SandboxError):
+            await collect(sandbox.run(request))
+        with pytest.raises(SandboxError, match="one execution"):
+            await sandbox.prepare(request)
+        await wait_until(lambda: not alive(supervisor), "the supervisor of the finished sandbox exited")
+    finally:
+        await sandbox.destroy()
+    assert sandbox.closed
+
+
+async def test_pool_refills_in_the_background_after_a_claim(runtime):
+    pool = python_pool(runtime)
+    await pool.wait_full(WAIT_S)
+    sandbox = pool.claim()
+    assert sandbox is not None and pool.idle == pool.target - 1
+    await sandbox.destroy()
+    await pool.wait_full(WAIT_S)
+    assert pool.idle == pool.target
+    assert runtime.status()["pools"]["default/python"]["idle"] == pool.target
+
+
+async def test_a_burst_bigger_than_the_pool_all_succeeds(run, runtime):
+    """Claims never wait: what the pool cannot serve gets a cold start, isolated the same."""
+    pool = python_pool(runtime)
+    await pool.wait_full(WAIT_S)
+    burst = 4 * pool.target
+    outcomes = await asyncio.gather(*(run(f"import os; print({i} * 7, os.getpid())") for i in range(burst)))
+    assert [(o.stdout, o.exit_code) for o in outcomes] == [(f"{i * 7} 2\n", 0) for i in range(burst)]
+    cold = [o.result.cold_start for o in outcomes]
+    assert 1 <= cold.count(False) <= pool.target, cold
+    await pool.wait_full(WAIT_S)
+
+
+# --- recycling, status, shutdown (runtimes of their own) --------------------------------
+
+
+async def test_idle_sandboxes_are_recycled_after_max_idle():
+    async with own_runtime(SandboxConfig(name="recycle", warm=1, max_idle_s=1)) as runtime:
+        pool = python_pool(runtime, "recycle")
+        await pool.wait_full(WAIT_S)
+        [old] = list(pool._idle)  # white-box: which sandbox is idle is the point of this test
+        supervisor = supervisor_of(old.init_pid)  # type: ignore[arg-type]
+        await asyncio.sleep(pool.max_idle_s + 0.2)
+        pool.recycle()
+        assert old not in pool._idle
+        await wait_until(lambda: old.closed and not alive(supervisor), "the recycled sandbox's supervisor exited")
+        await pool.wait_full(WAIT_S)
+        [fresh] = list(pool._idle)
+        assert fresh is not old and fresh.init_pid != old.init_pid
+
+        # A claim never hands out a sandbox past its age, whether or not recycling ran since.
+        await asyncio.sleep(pool.max_idle_s + 0.2)
+        claimed = pool.claim()
+        try:
+            assert claimed is not fresh
+            assert claimed is None or time.monotonic() - claimed.created < pool.max_idle_s
+        finally:
+            if claimed is not None:
+                await claimed.destroy()
+        outcome = await Runner(runtime)("print('still serving')", sandbox="recycle")
+        assert outcome.stdout == "still serving\n"
+
+
+async def test_status_reflects_pools_and_running_calls():
+    async with own_runtime(SandboxConfig(name="counted", warm=1)) as runtime:
+        await runtime.wait_warm(WAIT_S)
+        fresh = {"idle": 1, "target": 1, "claims": 0, "misses": 0}
+        assert runtime.status() == {"running": 0, "pools": {f"counted/{lang}": fresh for lang in ("python", "node", "bash")}}
+
+        request = ExecutionRequest(code="print('started', flush=True); import time; time.sleep(0.5)", timeout=30)
+        events = runtime.execute("counted", request)
+        await anext(events)  # the code is running
+        during = runtime.status()
+        await collect(events)
+        assert during["running"] == 1
+        assert during["pools"]["counted/python"]["claims"] == 1
+        assert runtime.status()["running"] == 0
+
+        pool = python_pool(runtime, "counted")
+        await pool.wait_full(WAIT_S)
+        first, second = pool.claim(), pool.claim()  # no await between: the refill cannot land
+        for sandbox in (first, second):
+            if sandbox is not None:
+                await sandbox.destroy()
+        assert first is not None and second is None
+        assert runtime.status()["pools"]["counted/python"] == {"idle": 0, "target": 1, "claims": 3, "misses": 1}
+
+
+async def test_close_leaves_no_process_or_cgroup_behind():
+    async with own_runtime(SandboxConfig(name="closing", warm=2)) as runtime:
+        await runtime.wait_warm(WAIT_S)
+        outcome = await Runner(runtime)("print('done')", sandbox="closing")
+        assert outcome.stdout == "done\n"
+        await runtime.wait_warm(WAIT_S)
+        parent = runtime.cgroup_parent
+        sandboxed = in_cgroup_subtree(parent)
+        pids = {p.pid for p in sandboxed}
+        supervisors = {supervisor_of(p.pid) for p in sandboxed if p.ppid not in pids}
+        # At least the six idle sandboxes (three languages, two each); each runs its code's
+        # process as uid 1000, host uid 201000.
+        assert len(supervisors) >= 6 and sum(p.uid == 201_000 for p in sandboxed) >= 6, sandboxed
+        assert glob.glob(f"/sys/fs/cgroup/*/{parent}")
+    # Checked right as close() returns: nothing may be left to finish in the background.
+    # A zombie counts: left unreaped it is a process entry of the sandbox's that someone
+    # else (the host's pid 1, once its parent is gone) has to clean up.
+    left = [(p.pid, p.state, p.ppid, p.uid) for p in map(still_there, sandboxed + list(supervisors)) if p]
+    assert left == [], "processes (pid, state, ppid, host uid) still there after close()"
+    assert [p for p in processes() if p.uid in SANDBOX_UIDS and f"/{parent}/" in p.cgroups] == []
+    assert glob.glob(f"/sys/fs/cgroup/*/{parent}") == [], "the agent's cgroup subtree is left"
