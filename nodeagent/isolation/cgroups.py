@@ -156,9 +156,13 @@ class V1Driver:
         for directory in dirs.values():
             directory.mkdir(exist_ok=True)
         memory = dirs["memory"]
+        memsw = memory / "memory.memsw.limit_in_bytes"
+        has_memsw = memsw.exists()
+        if has_memsw:  # memory may never exceed memory+swap: lift it first, whichever way it moves
+            _write(memsw, -1)
         _write(memory / "memory.limit_in_bytes", limits.memory_bytes)
-        if (memory / "memory.memsw.limit_in_bytes").exists():
-            _write(memory / "memory.memsw.limit_in_bytes", limits.memory_bytes)
+        if has_memsw:
+            _write(memsw, limits.memory_bytes)
         _write(memory / "memory.swappiness", 0)
         _write(dirs["pids"] / "pids.max", limits.pids_max)
         _write(dirs["cpu"] / "cpu.cfs_period_us", _CPU_PERIOD_US)
