@@ -40,7 +40,12 @@ class WarmPool:
         return len(self._idle)
 
     def claim(self) -> Sandbox | None:
-        """A warm sandbox if one is ready (fresh enough), else None; triggers a refill."""
+        """A warm sandbox if one is ready (fresh enough), else None.
+
+        The refill is not started here: starting a sandbox costs more CPU than running a
+        small program, and on a busy node it would compete with the very call that claimed.
+        The caller calls `refill()` once its execution is over.
+        """
         now = time.monotonic()
         sandbox = None
         while self._idle:
@@ -52,7 +57,6 @@ class WarmPool:
         self.claims += 1
         if sandbox is None:
             self.misses += 1
-        self.refill()
         return sandbox
 
     def refill(self) -> None:

@@ -187,6 +187,8 @@ class Runtime:
         finally:
             self.running -= 1
             await instance.destroy()
+            if pool is not None:
+                pool.refill()
 
     @property
     def cgroup_version(self) -> int:

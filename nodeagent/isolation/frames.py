@@ -13,6 +13,7 @@ import struct
 from typing import Any
 
 _PREFIX = struct.Struct("!II")
+PREFIX_SIZE = _PREFIX.size
 MAX_HEADER = 16 << 20
 
 

@@ -152,6 +152,9 @@ def stage_c(spec: SandboxSpec, bpf: bytes) -> None:
         if spec.mode == "warm":
             argv = warm_argv(spec.language, interpreter)
             os.execve(interpreter, argv, spec.base_env)
+        # Decode a request once ahead: the pages that path touches are copied now, not while
+        # the caller waits (see Supervisor.rehearse).
+        exec_argv(spec.language, interpreter, request.decode(request.encode("", spec.base_env))[0])
         os.write(FD_READY, READY)
         os.close(FD_READY)
         code, env = _read_request()

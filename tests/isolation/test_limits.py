@@ -347,7 +347,8 @@ def throttled_periods(trace: Trace) -> tuple[int, int]:
 async def _cpu_shares(run: Runner, sandbox: str) -> tuple[float, float, Trace]:
     """The sandbox's CPU share in a 1 s busy loop, and that of an unconfined host process running
     the same loop at the same time: this 2-core machine is shared, and its load is not the
-    sandbox's limit."""
+    sandbox's limit. Pools are full first, so no sandbox start competes with the two loops."""
+    await run.runtime.wait_warm()
     host = await asyncio.create_subprocess_exec(sys.executable, "-c", CPU_SHARE, stdout=asyncio.subprocess.PIPE)
     trace = await run_watched(run, CPU_SHARE, sandbox=sandbox, timeout=10)
     host_share = float((await host.communicate())[0])
