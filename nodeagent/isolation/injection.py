@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import os
 import posixpath
+import stat
 import tarfile
 from dataclasses import dataclass
 
@@ -19,6 +20,7 @@ from .mounts import DATA_DIR
 from .spec import HOME, SANDBOX_GID, SANDBOX_UID
 
 _HELPER_FAILED = 120
+_TAR_HEADER = 512
 
 
 class InjectionError(Exception):
@@ -121,10 +123,24 @@ def extract_home(ns: Namespaces, archive: bytes) -> None:
     _in_sandbox(ns, unpack, uid=SANDBOX_UID, gid=SANDBOX_GID, stdin=archive)
 
 
-def archive_home(ns: Namespaces) -> bytes:
-    """The home directory as a tar archive; symlinks are stored, never followed."""
+def _apparent_size(limit: int) -> None:
+    """Refuse before archiving a home larger than its tmpfs could hold: sparse files take no
+    space in the sandbox but their full length in an archive, which is built out here."""
+    total = 0
+    for root, dirs, files in os.walk(HOME):
+        for name in dirs + files:
+            info = os.lstat(os.path.join(root, name))
+            total += _TAR_HEADER + (info.st_size if stat.S_ISREG(info.st_mode) else 0)
+            if total > limit:
+                raise InjectionError(f"the home holds more than {limit} bytes (apparent size): it is not collected")
+
+
+def archive_home(ns: Namespaces, limit: int) -> bytes:
+    """The home directory as a tar archive of at most about `limit` bytes; symlinks are
+    stored, never followed."""
 
     def pack(_: bytes) -> bytes:
+        _apparent_size(limit)
         buffer = io.BytesIO()
         with tarfile.open(fileobj=buffer, mode="w") as tar:
             for name in sorted(os.listdir(HOME)):

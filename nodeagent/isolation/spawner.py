@@ -18,6 +18,8 @@ import sys
 import time
 from dataclasses import dataclass
 
+import setproctitle
+
 from . import cgroups, frames, seccomp
 from .spec import SandboxSpec
 from .supervisor import supervise
@@ -74,6 +76,9 @@ class _Slots:
 
 
 def serve(sock: socket.socket, cgroup_parent: str) -> None:
+    # Every sandbox's pid 1 is a fork of this process and /proc/1/cmdline is readable
+    # inside: a neutral title tells nothing of the host (the install path, our cgroup).
+    setproctitle.setproctitle("baponi-sandbox")
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_w, False)
     signal.set_wakeup_fd(wake_w)

@@ -163,7 +163,7 @@ class Supervisor:
             self.cgroup.kill_all()
             time.sleep(0.001)
 
-    def rehearse(self, init_pid: int) -> None:
+    def rehearse(self) -> None:
         """Run the end-of-call path once ahead, on nothing. A forked supervisor shares the
         spawner's memory copy-on-write, and the first run of any code copies the pages it
         touches: ~700 page faults, several ms in a VM, otherwise paid when the code has ended
@@ -172,7 +172,7 @@ class Supervisor:
         frames.encode(report, b"")
         json.loads(frames.encode({"op": "run", "timeout": 1.0, "collect_home": False})[frames.PREFIX_SIZE :])
         select.select([self.ctl], [], [], 0)
-        self._empty_cgroup(init_pid, self.pid_a, *self.cgroup.pids())
+        self.cgroup.pids()  # only read: B is forking the code's process right now
 
     def _report(self, status: int | None) -> dict[str, object]:
         report: dict[str, object] = {
@@ -197,7 +197,10 @@ class Supervisor:
         report["oom_killed"] = self.cgroup.oom_kills() > 0
         home = b""
         if self.run.collect_home and not self.run.cancelled:
-            home = injection.archive_home(self.ns)
+            try:
+                home = injection.archive_home(self.ns, self.spec.home_bytes)
+            except injection.InjectionError as exc:  # the code's result still stands
+                report["error"] = f"home not collected: {exc}"
         try:
             frames.send(self.ctl, report, home)
         except OSError:
@@ -228,7 +231,7 @@ def supervise(spec: SandboxSpec, cgroup: cgroups.Cgroup, bpf: bytes, ctl: socket
     except (OSError, cgroups.CgroupError) as exc:
         frames.send(ctl, {"event": "failed", "message": f"sandbox could not start: {exc}"})
         os._exit(1)
-    supervisor.rehearse(init_pid)
+    supervisor.rehearse()
     frames.send(ctl, {"event": "started", "pid": init_pid})
     status = supervisor.serve(init_pid)
     supervisor.finish(init_pid, status)
