@@ -49,7 +49,7 @@ async def _post(client: httpx.AsyncClient, language: str) -> None:
 async def http_latency(client: httpx.AsyncClient, language: str, runs: int) -> list[float]:
     samples = []
     for _ in range(runs):
-        await asyncio.sleep(0.03)  # one call at a time, with the pool refilled in between
+        await asyncio.sleep(0.15)  # one call at a time, with the pool refilled in between
         samples.append(await timed(lambda: _post(client, language)))
     return samples
 
