@@ -12,7 +12,6 @@ import argparse
 import asyncio
 import os
 import shutil
-import statistics
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
