@@ -47,6 +47,26 @@ def _root_links(host_root: Path) -> tuple[tuple[str, str], ...]:
     return tuple(links)
 
 
+def _alternatives(host_root: Path) -> tuple[tuple[str, str], ...]:
+    """The /etc/alternatives links that /usr/bin and /usr/sbin go through (awk, editor, ...),
+    as the host resolves them: without them those commands would dangle in the sandbox."""
+    links = []
+    for directory in ("usr/bin", "usr/sbin"):
+        for entry in os.scandir(host_root / directory):
+            if not entry.is_symlink():
+                continue
+            through = os.readlink(entry.path)
+            if not through.startswith("/etc/alternatives/"):
+                continue
+            try:
+                target = os.readlink(host_root / through.lstrip("/"))
+            except OSError:
+                continue
+            if target.startswith("/usr/"):
+                links.append((through, target))
+    return tuple(sorted(set(links)))
+
+
 def default_image(host_root: Path = Path("/")) -> Image:
     usr = host_root / "usr"
     if not usr.is_dir():
@@ -66,6 +86,6 @@ def default_image(host_root: Path = Path("/")) -> Image:
         name=DEFAULT_IMAGE,
         interpreters=_interpreters(usr),
         binds=((str(usr), "/usr"),),
-        symlinks=_root_links(host_root),
+        symlinks=_root_links(host_root) + _alternatives(host_root),
         etc_files=etc,
     )

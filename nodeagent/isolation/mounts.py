@@ -73,7 +73,9 @@ def _populate_tmpfs_root(root: str, spec: SandboxSpec) -> None:
     for _host, inside in spec.image.binds:
         os.makedirs(_inside(root, inside), mode=0o755, exist_ok=True)
     for link, target in spec.image.symlinks:
-        os.symlink(target, _inside(root, link))
+        path = _inside(root, link)
+        os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
+        os.symlink(target, path)
     for name, content in spec.image.etc_files.items():
         path = _inside(root, PurePosixPath("/etc", name).as_posix())
         os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)

@@ -14,7 +14,8 @@ import pytest
 
 from nodeagent.images.default import default_image
 
-BAPONI_ETC = {"passwd", "group", "hosts", "hostname", "nsswitch.conf", "resolv.conf", "ld.so.cache"}
+# Baponi's own files, and the host's /etc/alternatives links that /usr/bin goes through.
+BAPONI_ETC = {"passwd", "group", "hosts", "hostname", "nsswitch.conf", "resolv.conf", "ld.so.cache", "alternatives"}
 MOUNT_POINT_DIRS = {"proc", "dev", "tmp", "home", "data", "sys", "etc", "usr"}
 # The merged-/usr links, for those the host's /usr has.
 USR_LINKS = {name for name in ("bin", "sbin", "lib", "lib32", "lib64", "libx32") if Path("/usr", name).is_dir()}
@@ -121,3 +122,11 @@ async def test_node_builtin_modules_work(run):
         " zlib.gunzipSync(zlib.gzipSync('round trip')).toString())"
     )
     assert await ok(run, code, "node") == "2d711642 4 round trip\n"
+
+
+async def test_commands_behind_alternatives_work(run):
+    """awk, editors and the like reach their program through /etc/alternatives: each link
+    there points into the image's /usr, and nothing else of the host's /etc comes along."""
+    code = "echo 'a b' | awk '{print $2}'; for l in /etc/alternatives/*; do readlink \"$l\"; done | grep -cv '^/usr/'"
+    outcome = await run(code, "bash")
+    assert outcome.stdout.split() == ["b", "0"], outcome.stderr

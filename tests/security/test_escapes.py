@@ -163,7 +163,7 @@ print(json.dumps({
 }))
 ''')
     assert inside["stat"] == dict.fromkeys(targets, "ENOENT")
-    assert inside["etc"] == sorted(BAPONI_ETC), "no shadow, no host /etc: only Baponi's own files"
+    assert inside["etc"] == sorted([*BAPONI_ETC, "alternatives"]), "no shadow, no host /etc: only Baponi's own files"
     assert inside["passwd"] == BAPONI_ETC["passwd"].decode() != Path("/etc/passwd").read_text()
 
 
