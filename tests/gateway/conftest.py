@@ -10,15 +10,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import os
-import secrets
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import httpx
-import psycopg
 import pytest
 import pytest_asyncio
 import uvicorn
@@ -28,12 +25,13 @@ from gateway.app import Readiness, create_app
 from gateway.runs import Executor
 from gateway.settings import Settings
 from gateway.store import Store, open_store
+
+from .postgres import postgres_database
 from nodeagent.config import SandboxConfig
 from nodeagent.execution import ExecutionRequest, ExecutionResult, OutputChunk
 from nodeagent.runtime import Runtime
 from tests.conftest import DEFAULT, TIGHT
 
-POSTGRES_ADMIN_URL = os.environ.get("BAPONI_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 SANDBOXES = {config.name: config for config in (DEFAULT, TIGHT)}
 both_backends = pytest.mark.parametrize("backend", ["sqlite", "postgresql"], indirect=True)
 
@@ -55,27 +53,6 @@ async def serve(app: ASGIApp) -> AsyncIterator[str]:
         server.should_exit = True
         await task
         sock.close()
-
-
-def _admin(sql: str) -> None:
-    try:
-        with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True, connect_timeout=5) as connection:
-            connection.execute(sql)
-    except psycopg.OperationalError as exc:
-        pytest.fail(
-            f"PostgreSQL is not reachable at {POSTGRES_ADMIN_URL}: {exc} (start it: sudo ./scripts/services.sh)"
-        )
-
-
-@contextlib.contextmanager
-def postgres_database() -> Iterator[str]:
-    """A database of its own on this machine's PostgreSQL, dropped afterwards."""
-    name = "baponi_gateway_test_" + secrets.token_hex(6)
-    _admin(f"CREATE DATABASE {name}")
-    try:
-        yield POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
-    finally:
-        _admin(f"DROP DATABASE {name} WITH (FORCE)")
 
 
 class Gateway:
@@ -142,7 +119,7 @@ def database_url(backend: str) -> Iterator[str | None]:
     if backend == "sqlite":
         yield None
         return
-    with postgres_database() as url:
+    with postgres_database("baponi_gateway_test") as url:
         yield url
 
 
@@ -163,7 +140,7 @@ class SharedGateways:
 
     async def get(self, backend: str) -> Gateway:
         if backend not in self.started:
-            url = None if backend == "sqlite" else self.stack.enter_context(postgres_database())
+            url = None if backend == "sqlite" else self.stack.enter_context(postgres_database("baponi_gateway_test"))
             data_dir = self.directory / backend
             data_dir.mkdir()
             self.started[backend] = await self.stack.enter_async_context(running_gateway(self.runtime, url, data_dir))

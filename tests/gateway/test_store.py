@@ -26,7 +26,8 @@ from gateway.store.migrations import MIGRATIONS, Migration
 from gateway.store.postgres import PostgresStore
 from gateway.store.sqlite import SqliteStore
 
-ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+from .postgres import postgres_database
+
 BACKENDS = ["sqlite", "postgresql"]
 TABLES = "api_keys, executions, thread_locks, webhook_deliveries"
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -35,31 +36,11 @@ T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 # -- databases
 
 
-def _admin(sql: str) -> None:
-    """On the server's own database; these tests are never skipped, so an unreachable server fails them."""
-    try:
-        with psycopg.connect(ADMIN_URL, autocommit=True, connect_timeout=5) as connection:
-            connection.execute(sql)
-            return
-    except psycopg.OperationalError as error:
-        reason = error
-    pytest.fail(
-        f"PostgreSQL is not reachable at {ADMIN_URL}: {reason}\n"
-        "Start it with: pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start"
-        " (or sudo ./scripts/services.sh)",
-        pytrace=False,
-    )
-
-
 @pytest.fixture(scope="session")
 def pg_url() -> Iterator[str]:
     """A database of this test session's own, dropped at its end."""
-    name = "baponi_test_" + secrets.token_hex(6)
-    _admin(f"CREATE DATABASE {name}")
-    try:
-        yield ADMIN_URL.rsplit("/", 1)[0] + "/" + name
-    finally:
-        _admin(f"DROP DATABASE {name} WITH (FORCE)")
+    with postgres_database("baponi_test") as url:
+        yield url
 
 
 @pytest.fixture(params=BACKENDS)
