@@ -50,7 +50,7 @@ class AgentProcess:
         self.address = f"unix://{options.data_dir / 'agent.sock'}"
         self._argv = [
             sys.executable, "-m", "nodeagent.cli", "serve", "--address", self.address,
-            "--data-dir", str(options.data_dir / "agent"),
+            "--data-dir", str(options.data_dir / "agent"), "--die-with-parent",
         ]
         if options.config is not None:
             self._argv += ["--config", str(options.config)]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import signal
@@ -55,8 +56,8 @@ def _wait_ready(url: str, timeout: float = 90) -> None:
     raise AssertionError(f"{url} never became ready")
 
 
-@pytest.fixture(scope="module")
-def served() -> Iterator[Served]:
+@contextlib.contextmanager
+def _serve() -> Iterator[Served]:
     data_dir = Path(tempfile.mkdtemp(prefix="baponi-serve-", dir="/tmp"))
     data_dir.chmod(0o711)
     port = _free_port()
@@ -75,6 +76,12 @@ def served() -> Iterator[Served]:
             process.send_signal(signal.SIGTERM)
             process.wait(timeout=60)
         shutil.rmtree(data_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def served() -> Iterator[Served]:
+    with _serve() as server:
+        yield server
 
 
 def _execute(served: Served, timeout: float = 60, **body: object) -> httpx.Response:
@@ -160,3 +167,15 @@ def _cmdline(pid: str) -> bytes:
         return Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return b""
+
+
+def test_the_agent_stops_when_serve_is_killed() -> None:
+    """Even a SIGKILLed `baponi serve` leaves no node agent (nor its sandboxes) running."""
+    with _serve() as server:
+        agent = server.agent_pid()
+        server.process.kill()
+        server.process.wait(timeout=10)
+        deadline = time.monotonic() + 30
+        while Path(f"/proc/{agent}").exists() and _cmdline(str(agent)):
+            assert time.monotonic() < deadline, "the orphaned agent kept running"
+            time.sleep(0.1)
