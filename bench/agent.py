@@ -77,19 +77,24 @@ async def warm_latency(runtime: Runtime, language: str, runs: int) -> list[float
     return samples
 
 
-async def throughput(runtime: Runtime, language: str, concurrency: int, total: int) -> tuple[float, list[float]]:
-    """Sustained executions per second, refills included: the pool must keep up."""
-    await runtime.pools[("warm", language)].wait_full()
+async def concurrently(action: Callable[[], Awaitable[object]], concurrency: int, total: int) -> tuple[float, list[float]]:
+    """`total` runs of `action`, `concurrency` at a time: runs per second and each run's ms."""
     samples: list[float] = []
     queue = iter(range(total))
 
     async def worker() -> None:
         for _ in queue:
-            samples.append(await timed(lambda: execute(runtime, "warm", language)))
+            samples.append(await timed(action))
 
     started = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     return total / (time.perf_counter() - started), samples
+
+
+async def throughput(runtime: Runtime, language: str, concurrency: int, total: int) -> tuple[float, list[float]]:
+    """Sustained executions per second, refills included: the pool must keep up."""
+    await runtime.pools[("warm", language)].wait_full()
+    return await concurrently(lambda: execute(runtime, "warm", language), concurrency, total)
 
 
 def sandbox_memory(runtime: Runtime) -> str:
@@ -144,10 +149,15 @@ async def main(runs: int, languages: list[str]) -> None:
         shutil.rmtree(data_dir, ignore_errors=True)
 
 
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def cli(main: Callable[[int, list[str]], Awaitable[None]], doc: str) -> None:
+    """The command line both benchmarks share: --runs N, --languages a,b,c."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--runs", type=int, default=200)
     parser.add_argument("--languages", default="python,node,bash")
     args = parser.parse_args()
     logs.configure("warning")
     asyncio.run(main(args.runs, args.languages.split(",")))
+
+
+if __name__ == "__main__":
+    cli(main, __doc__)

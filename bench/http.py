@@ -7,7 +7,6 @@ HTTP figures are read against baselines taken on the same machine at the same ti
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import os
 import shutil
@@ -21,11 +20,10 @@ from pathlib import Path
 
 import httpx
 
-from nodeagent import logs
 from nodeagent.config import SandboxConfig
 from nodeagent.runtime import Runtime
 
-from .agent import INTERPRETERS, PROGRAMS, percentile, row, subprocess_run, timed, warm_latency
+from .agent import INTERPRETERS, PROGRAMS, cli, concurrently, percentile, row, subprocess_run, timed, warm_latency
 
 CONCURRENCY = (1, 4, 16)
 CONFIG = """apiVersion: baponi.dev/v1alpha1
@@ -55,17 +53,8 @@ async def http_latency(client: httpx.AsyncClient, language: str, runs: int) -> l
 
 
 async def http_throughput(client: httpx.AsyncClient, language: str, concurrency: int, total: int) -> tuple[float, list[float]]:
-    samples: list[float] = []
-    queue = iter(range(total))
-
-    async def worker() -> None:
-        for _ in queue:
-            samples.append(await timed(lambda: _post(client, language)))
-
     await asyncio.sleep(1.0)  # pools full again
-    started = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return total / (time.perf_counter() - started), samples
+    return await concurrently(lambda: _post(client, language), concurrency, total)
 
 
 def _bench_key(data_dir: Path) -> str:
@@ -134,9 +123,4 @@ async def main(runs: int, languages: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=200)
-    parser.add_argument("--languages", default="python,node,bash")
-    args = parser.parse_args()
-    logs.configure("warning")
-    asyncio.run(main(args.runs, args.languages.split(",")))
+    cli(main, __doc__)
