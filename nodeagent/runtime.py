@@ -22,6 +22,7 @@ from .config import SandboxConfig
 from .execution import ExecutionRequest, ExecutionResult, OutputChunk
 from .images import Image, ImageError
 from .images.default import DEFAULT_IMAGE, default_image
+from .isolation import launcher
 from .isolation.cgroups import Limits
 from .isolation.injection import InjectionError, data_target
 from .isolation.spawner import Spawner
@@ -103,7 +104,8 @@ class Runtime:
         self.stage_dir.mkdir(mode=0o711, exist_ok=True)
         os.chmod(self.stage_dir, 0o711)
         _check_traversable(self.stage_dir)
-        self._spawner = await asyncio.to_thread(Spawner, self.cgroup_parent)
+        launcher_path = await asyncio.to_thread(launcher.ensure, self.data_dir / "bin")
+        self._spawner = await asyncio.to_thread(Spawner, self.cgroup_parent, str(launcher_path))
         for config in self.configs.values():
             for language in self.images[config.image].languages:
                 key = (config.name, language)

@@ -10,8 +10,9 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 # python3, node and bash are the sandbox interpreters of the built-in image; libseccomp2 is
-# loaded by the seccomp layer; python3-venv builds the project's environment.
-packages=(python3 python3-venv nodejs bash coreutils libseccomp2 iproute2)
+# loaded by the seccomp layer; gcc and libc6-dev build the sandbox launcher (launcher.c) on
+# the agent's first start; python3-venv builds the project's environment.
+packages=(python3 python3-venv nodejs bash coreutils libseccomp2 iproute2 gcc libc6-dev)
 missing=()
 for package in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")

@@ -1,6 +1,6 @@
 """The request a sandbox reads from its stdin: the code and the call's environment.
 
-A format simple enough that the in-sandbox bootstraps parse it with plain byte operations
+A format simple enough that the in-sandbox bootstraps (and launcher.c) parse it with plain byte operations
 (importing Python's json pulls in `re` and costs ~15 ms of start-up per sandbox):
 
     <length of the code in bytes, decimal>\n<code, UTF-8><KEY=VALUE\0 for each variable>

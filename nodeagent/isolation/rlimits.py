@@ -14,10 +14,10 @@ class Rlimits:
     fsize_bytes: int = 1 << 30
     core: int = 0
 
-    def apply(self) -> None:
-        for which, value in (
+    def items(self) -> tuple[tuple[int, int], ...]:
+        """(resource, limit) pairs, soft and hard alike, as setrlimit(2) takes them."""
+        return (
             (resource.RLIMIT_CORE, self.core),
             (resource.RLIMIT_NOFILE, self.nofile),
             (resource.RLIMIT_FSIZE, self.fsize_bytes),
-        ):
-            resource.setrlimit(which, (value, value))
+        )

@@ -1,9 +1,9 @@
 """The spawner: a single-threaded process that forks one supervisor per sandbox.
 
 The agent runs gRPC and asyncio threads, and forking a threaded process is unsafe. So the
-agent starts this process once; it imports everything sandbox set-up needs (nothing can be
-imported after pivot_root), compiles the seccomp filter once, and then only forks. The agent
-sends a spec plus the sandbox's pipe ends over a Unix socket (SCM_RIGHTS).
+agent starts this process once; it compiles the seccomp filter once, and then, per sandbox,
+writes its plan and forks its supervisor, which starts the native launcher. The agent sends
+a spec plus the sandbox's pipe ends over a Unix socket (SCM_RIGHTS).
 """
 
 from __future__ import annotations
@@ -20,9 +20,11 @@ from dataclasses import dataclass
 
 import setproctitle
 
+from ..images import ImageError
 from . import cgroups, frames, seccomp
+from .plan import sandbox_plan
 from .spec import SandboxSpec
-from .supervisor import supervise
+from .supervisor import Launch, supervise
 
 _FDS_PER_SPAWN = 5
 
@@ -45,6 +47,9 @@ class _Slots:
             return self._free.pop()
         self._count += 1
         return f"s{self._count}"
+
+    def give_back(self, slot: str) -> None:
+        self._free.append(slot)
 
     def lend(self, pid: int, slot: str) -> None:
         self._lent[pid] = slot
@@ -75,10 +80,15 @@ class _Slots:
                 self._free.append(slot)
 
 
-def serve(sock: socket.socket, cgroup_parent: str) -> None:
-    # Every sandbox's pid 1 is a fork of this process and /proc/1/cmdline is readable
-    # inside: a neutral title tells nothing of the host (the install path, our cgroup).
-    setproctitle.setproctitle("baponi-sandbox")
+def _refuse(fds: list[int], message: str) -> None:
+    frames.send(socket.socket(fileno=fds[0]), {"event": "failed", "message": message})
+    for fd in fds[1:]:
+        os.close(fd)
+
+
+def serve(sock: socket.socket, cgroup_parent: str, launcher: str) -> None:
+    # A neutral title in the host's process list, beside the sandboxes' own "baponi-sandbox".
+    setproctitle.setproctitle("baponi-spawner")
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_w, False)
     signal.set_wakeup_fd(wake_w)
@@ -109,20 +119,24 @@ def serve(sock: socket.socket, cgroup_parent: str) -> None:
             return
         header, _payload, fds = frame
         spec = SandboxSpec.from_json(header["spec"])
+        try:
+            launch = Launch(launcher, sandbox_plan(spec, bpf))
+        except ImageError as exc:
+            _refuse(fds, str(exc))
+            continue
         slot = slots.take()
         try:
             cgroup = driver.prepare(slot, spec.limits)
         except OSError as exc:
-            frames.send(socket.socket(fileno=fds[0]), {"event": "failed", "message": f"cgroup {slot}: {exc}"})
-            for fd in fds[1:]:
-                os.close(fd)
+            slots.give_back(slot)
+            _refuse(fds, f"cgroup {slot}: {exc}")
             continue
         pid = os.fork()
         if pid == 0:
             sock.close()
             os.close(wake_r)
             os.close(wake_w)
-            supervise(spec, cgroup, bpf, socket.socket(fileno=fds[0]), fds[1:])
+            supervise(spec, cgroup, launch, socket.socket(fileno=fds[0]), fds[1:])
         slots.lend(pid, slot)
         for fd in fds:
             os.close(fd)
@@ -150,10 +164,10 @@ class SandboxPipes:
 class Spawner:
     """The agent's handle on the spawner process."""
 
-    def __init__(self, cgroup_parent: str) -> None:
+    def __init__(self, cgroup_parent: str, launcher: str) -> None:
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         self._process = subprocess.Popen(
-            [sys.executable, "-m", "nodeagent.isolation.spawner", str(child.fileno()), cgroup_parent],
+            [sys.executable, "-m", "nodeagent.isolation.spawner", str(child.fileno()), cgroup_parent, launcher],
             pass_fds=[child.fileno()],
             stdin=subprocess.DEVNULL,
             env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
@@ -197,4 +211,4 @@ class Spawner:
 
 
 if __name__ == "__main__":
-    serve(socket.socket(fileno=int(sys.argv[1])), sys.argv[2])
+    serve(socket.socket(fileno=int(sys.argv[1])), sys.argv[2], sys.argv[3])

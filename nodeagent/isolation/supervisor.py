@@ -8,19 +8,31 @@ ended once every process of the sandbox is gone. If the agent hangs up, the sand
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import select
 import signal
 import socket
+import struct
 import time
 from dataclasses import dataclass
 
-from . import cgroups, frames, inside, injection
+from . import cgroups, frames, injection
 from . import syscalls as sc
 from .spec import SandboxSpec
 
 _KILL_GRACE_S = 2.0
+STATUS = struct.Struct("!i")  # the code's wait status, as the launcher's pid 1 writes it
+_HIGH_FD = 64  # above the launcher's fixed fds (0-7), so moving one never clobbers another
+
+
+@dataclass(frozen=True)
+class Launch:
+    """How to start one sandbox's processes: the launcher binary and the sandbox's plan."""
+
+    path: str
+    plan: bytes
 
 
 @dataclass
@@ -35,9 +47,9 @@ class _Run:
 
 class Supervisor:
     def __init__(
-        self, spec: SandboxSpec, cgroup: cgroups.Cgroup, bpf: bytes, ctl: socket.socket, stdio: list[int]
+        self, spec: SandboxSpec, cgroup: cgroups.Cgroup, launch: Launch, ctl: socket.socket, stdio: list[int]
     ) -> None:
-        self.spec, self.cgroup, self.bpf, self.ctl, self.stdio = spec, cgroup, bpf, ctl, stdio
+        self.spec, self.cgroup, self.launch, self.ctl, self.stdio = spec, cgroup, launch, ctl, stdio
         self.run = _Run()
 
     # --- start -----------------------------------------------------------------------------
@@ -51,20 +63,35 @@ class Supervisor:
         with open(f"/proc/{pid}/gid_map", "w") as handle:
             handle.write(mapping)
 
+    def _spawn_launcher(self, up_w: int, down_r: int, status_w: int) -> int:
+        """Start the launcher with its fds in place: stdin, stdout, stderr, ready, plan, up,
+        down, status (launcher.c). posix_spawn does not copy this process's memory."""
+        plan = os.memfd_create("baponi-plan", os.MFD_CLOEXEC)
+        try:
+            view = memoryview(self.launch.plan)
+            while view:
+                view = view[os.write(plan, view):]
+            os.lseek(plan, 0, os.SEEK_SET)
+            high = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, _HIGH_FD) for fd in (*self.stdio, plan, up_w, down_r, status_w)]
+            try:
+                actions = [(os.POSIX_SPAWN_DUP2, fd, target) for target, fd in enumerate(high)]
+                return os.posix_spawn(self.launch.path, ["baponi-sandbox"], {}, file_actions=actions)
+            finally:
+                for fd in high:
+                    os.close(fd)
+        finally:
+            os.close(plan)
+
     def start(self) -> int:
-        """Fork the chain and return pid 1 of the sandbox, as the host sees it."""
+        """Start the chain and return pid 1 of the sandbox, as the host sees it."""
         up_r, up_w = os.pipe()
         down_r, down_w = os.pipe()
         status_r, status_w = os.pipe()
-        pid_a = os.fork()
-        if pid_a == 0:
-            try:
-                to_parent, from_parent, status = inside.install_fds(self.stdio, [up_w, down_r, status_w])
-                inside.stage_a(self.spec, to_parent, from_parent, status, self.bpf)
-            finally:
-                os._exit(110)
-        for fd in (up_w, down_r, status_w, *self.stdio):
-            os.close(fd)
+        try:
+            pid_a = self._spawn_launcher(up_w, down_r, status_w)
+        finally:
+            for fd in (up_w, down_r, status_w, *self.stdio):
+                os.close(fd)
         self.status_r = status_r
         try:
             if os.read(up_r, 1) != b"u":
@@ -151,8 +178,8 @@ class Supervisor:
             self._handle(frame[0], frame[1])
 
     def _code_status(self) -> int | None:
-        raw = os.read(self.status_r, inside.STATUS.size)
-        return inside.STATUS.unpack(raw)[0] if len(raw) == inside.STATUS.size else None
+        raw = os.read(self.status_r, STATUS.size)
+        return STATUS.unpack(raw)[0] if len(raw) == STATUS.size else None
 
     def _empty_cgroup(self, *ours: int) -> None:
         """No process of the code may survive it; A and B (ours) exit right after."""
@@ -220,12 +247,12 @@ def _reap_all() -> None:
             return
 
 
-def supervise(spec: SandboxSpec, cgroup: cgroups.Cgroup, bpf: bytes, ctl: socket.socket, stdio: list[int]) -> None:
+def supervise(spec: SandboxSpec, cgroup: cgroups.Cgroup, launch: Launch, ctl: socket.socket, stdio: list[int]) -> None:
     """Entry point of the forked supervisor; never returns into the spawner."""
     signal.set_wakeup_fd(-1)
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     sc.prctl(sc.PR_SET_CHILD_SUBREAPER, 1)  # an orphaned B is ours to reap, not the host's init
-    supervisor = Supervisor(spec, cgroup, bpf, ctl, stdio)
+    supervisor = Supervisor(spec, cgroup, launch, ctl, stdio)
     try:
         init_pid = supervisor.start()
     except (OSError, cgroups.CgroupError) as exc:

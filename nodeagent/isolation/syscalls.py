@@ -12,43 +12,28 @@ import platform
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
-_libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
-_libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
-_libc.unshare.argtypes = [ctypes.c_int]
 _libc.setns.argtypes = [ctypes.c_int, ctypes.c_int]
-_libc.sethostname.argtypes = [ctypes.c_char_p, ctypes.c_size_t]
-_libc.setdomainname.argtypes = [ctypes.c_char_p, ctypes.c_size_t]
 _libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
 
 _SYSCALL_NUMBERS = {
-    "x86_64": {"pivot_root": 155, "capset": 126, "open_tree": 428, "move_mount": 429, "mount_setattr": 442},
-    "aarch64": {"pivot_root": 41, "capset": 91, "open_tree": 428, "move_mount": 429, "mount_setattr": 442},
+    "x86_64": {"open_tree": 428, "move_mount": 429, "mount_setattr": 442},
+    "aarch64": {"open_tree": 428, "move_mount": 429, "mount_setattr": 442},
 }
 _NR = _SYSCALL_NUMBERS[platform.machine()]
 
 # Namespace flags (linux/sched.h).
 CLONE_NEWNS = 0x00020000
-CLONE_NEWCGROUP = 0x02000000
-CLONE_NEWUTS = 0x04000000
-CLONE_NEWIPC = 0x08000000
 CLONE_NEWUSER = 0x10000000
-CLONE_NEWPID = 0x20000000
-CLONE_NEWNET = 0x40000000
 
-# Mount flags (linux/mount.h).
+# Mount flags (linux/mount.h), for the plans the launcher carries out.
 MS_RDONLY = 1
 MS_NOSUID = 2
 MS_NODEV = 4
 MS_NOEXEC = 8
 MS_REMOUNT = 32
-MS_NOATIME = 1024
-MS_NODIRATIME = 2048
 MS_BIND = 4096
 MS_REC = 16384
 MS_PRIVATE = 1 << 18
-MS_RELATIME = 1 << 21
-MS_STRICTATIME = 1 << 24
-MNT_DETACH = 2
 
 OPEN_TREE_CLONE = 1
 AT_RECURSIVE = 0x8000
@@ -60,11 +45,7 @@ MOUNT_ATTR_NOSUID = 0x2
 MOUNT_ATTR_NODEV = 0x4
 
 PR_SET_PDEATHSIG = 1
-PR_CAPBSET_DROP = 24
-PR_SET_NO_NEW_PRIVS = 38
 PR_SET_CHILD_SUBREAPER = 36
-PR_CAP_AMBIENT = 47
-PR_CAP_AMBIENT_CLEAR_ALL = 4
 
 
 def _check(result: int, what: str) -> int:
@@ -78,34 +59,8 @@ def _b(path: str | None) -> bytes | None:
     return None if path is None else os.fsencode(path)
 
 
-def unshare(flags: int) -> None:
-    _check(_libc.unshare(flags), "unshare")
-
-
 def setns(fd: int, nstype: int = 0) -> None:
     _check(_libc.setns(fd, nstype), "setns")
-
-
-def mount(source: str | None, target: str, fstype: str | None, flags: int = 0, data: str | None = None) -> None:
-    _check(_libc.mount(_b(source), _b(target), _b(fstype), flags, _b(data)), f"mount {target}")
-
-
-def umount2(target: str, flags: int = 0) -> None:
-    _check(_libc.umount2(_b(target), flags), f"umount {target}")
-
-
-def pivot_root(new_root: str, put_old: str) -> None:
-    _check(_libc.syscall(_NR["pivot_root"], _b(new_root), _b(put_old)), "pivot_root")
-
-
-def sethostname(name: str) -> None:
-    raw = name.encode()
-    _check(_libc.sethostname(raw, len(raw)), "sethostname")
-
-
-def setdomainname(name: str) -> None:
-    raw = name.encode()
-    _check(_libc.setdomainname(raw, len(raw)), "setdomainname")
 
 
 def prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 0) -> int:
@@ -156,21 +111,3 @@ def mount_setattr(fd: int, attr_set: int) -> None:
         ),
         "mount_setattr",
     )
-
-
-class _CapHeader(ctypes.Structure):
-    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
-
-
-class _CapData(ctypes.Structure):
-    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
-
-
-_LINUX_CAPABILITY_VERSION_3 = 0x20080522
-
-
-def capset_clear() -> None:
-    """Empty the effective, permitted and inheritable sets of the calling thread."""
-    header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
-    data = (_CapData * 2)()
-    _check(_libc.syscall(_NR["capset"], ctypes.byref(header), ctypes.byref(data)), "capset")

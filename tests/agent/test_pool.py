@@ -69,7 +69,7 @@ async def test_sandbox_failure_before_start_is_retried_elsewhere(
     Started; the pool then runs the code on the other agent, once."""
     process = agent_process()
     await process.start()
-    [spawner] = process.children(b"baponi-sandbox")  # the spawner names itself so
+    [spawner] = process.children(b"baponi-spawner")  # the spawner names itself so
     os.kill(spawner, signal.SIGKILL)
     broken, fresh = AgentClient(process.address), AgentClient(process.address)
     request = ExecutionRequest("print('once')", timeout=10)

@@ -363,9 +363,11 @@ async def test_half_a_core_gets_half_the_cpu_time(run):
 
 
 async def test_one_core_runs_a_busy_loop_unthrottled(run):
-    """One thread never exceeds a 1-core quota: it runs as fast as the host lets it."""
+    """One thread never exceeds a 1-core quota: it runs as fast as the host lets it. The
+    quota's own record (no throttled period) is the proof; the share only rules out a
+    half-core limit, with room for the agent's refills sharing these two cores."""
     share, host_share, trace = await _cpu_shares(run, "default")
-    assert share > 0.8 * min(1.0, host_share), f"host share {host_share}"
+    assert share > 0.6 * min(1.0, host_share), f"host share {host_share}"
     throttled, periods = throttled_periods(trace)
     assert periods >= 8 and throttled <= 1, trace.growth
 

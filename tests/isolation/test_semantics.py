@@ -207,6 +207,9 @@ BASH = {
     "exit-trap": "trap 'echo bye' EXIT; echo hi",
     "heredoc": "cat <<EOF\nline $((6 * 7))\nEOF",
     "stderr": "echo out; echo err >&2; ls /nonexistent-path",
+    # SIGPIPE at its default: `yes` ends quietly when `head` stops reading (the agent is a
+    # Python process, which ignores SIGPIPE, and an ignored signal survives exec).
+    "sigpipe": "yes | head -n 2; echo ${PIPESTATUS[@]}",
 }
 
 
