@@ -183,7 +183,7 @@ def create_app(
     return app
 
 
-def _require_json(request: Request) -> None:
+async def _require_json(request: Request) -> None:
     media = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if media != "application/json" and not (media.startswith("application/") and media.endswith("+json")):
         raise UnsupportedMediaType("send the body as JSON, with 'Content-Type: application/json'")

@@ -22,11 +22,13 @@ from .config import SandboxConfig
 from .execution import ExecutionRequest, ExecutionResult, OutputChunk
 from .images import Image, ImageError
 from .images.default import DEFAULT_IMAGE, default_image
-from .isolation import launcher
+from .isolation import launcher, seccomp
 from .isolation.cgroups import Limits
 from .isolation.injection import InjectionError, data_target
 from .isolation.spawner import Spawner
-from .isolation.spec import HOME, SandboxSpec
+from .isolation.layout import HOME
+from .isolation.plan import sandbox_plan
+from .isolation.spec import SandboxSpec
 from .pool import WarmPool
 from .sandbox import Sandbox
 
@@ -88,6 +90,9 @@ class Runtime:
         self.pools: dict[tuple[str, str], WarmPool] = {}
         self.running = 0
         self._spawner: Spawner | None = None
+        self._bpf = b""
+        # One plan per (config, language, mode): it holds nothing that differs between sandboxes.
+        self._plans: dict[tuple[str, str, str], bytes] = {}
         self._recycler: asyncio.Task | None = None
 
     @property
@@ -105,6 +110,7 @@ class Runtime:
         os.chmod(self.stage_dir, 0o711)
         _check_traversable(self.stage_dir)
         launcher_path = await asyncio.to_thread(launcher.ensure, self.data_dir / "bin")
+        self._bpf = await asyncio.to_thread(seccomp.compile_filter)
         self._spawner = await asyncio.to_thread(Spawner, self.cgroup_parent, str(launcher_path))
         for config in self.configs.values():
             for language in self.images[config.image].languages:
@@ -140,7 +146,10 @@ class Runtime:
     async def _start_sandbox(self, config: SandboxConfig, language: str, mode: str) -> Sandbox:
         assert self._spawner is not None, "Runtime.start() first"
         spec = self._spec(config, language, mode)
-        sandbox = Sandbox(spec, self._spawner.spawn(spec), config.output_limit)
+        plan = self._plans.get((config.name, language, mode))
+        if plan is None:
+            plan = self._plans[(config.name, language, mode)] = sandbox_plan(spec, self._bpf)
+        sandbox = Sandbox(spec, self._spawner.spawn(spec.supervision(), plan), config.output_limit)
         try:
             await sandbox.wait_ready()
         except BaseException:

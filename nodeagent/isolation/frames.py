@@ -6,11 +6,13 @@ header says what happened, the payload carries bulk bytes (home archives) withou
 
 from __future__ import annotations
 
-import asyncio
 import json
 import socket
 import struct
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import asyncio
 
 _PREFIX = struct.Struct("!II")
 PREFIX_SIZE = _PREFIX.size
@@ -71,7 +73,10 @@ def recv(sock: socket.socket, max_fds: int = 0) -> tuple[dict[str, Any], bytes, 
 
 
 async def read(reader: asyncio.StreamReader) -> tuple[dict[str, Any], bytes] | None:
-    """The asyncio side of `recv`, for the agent's event loop."""
+    """The asyncio side of `recv`, for the agent's event loop. asyncio is imported here, not
+    above: the spawner's memory, which every supervisor copies, stays without it."""
+    import asyncio
+
     try:
         prefix = await reader.readexactly(_PREFIX.size)
     except asyncio.IncompleteReadError as exc:

@@ -16,8 +16,7 @@ import tarfile
 from dataclasses import dataclass
 
 from . import syscalls as sc
-from .mounts import DATA_DIR
-from .spec import HOME, SANDBOX_GID, SANDBOX_UID
+from .layout import DATA_DIR, HOME, SANDBOX_GID, SANDBOX_UID
 
 _HELPER_FAILED = 120
 _TAR_HEADER = 512

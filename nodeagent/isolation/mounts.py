@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING
 
 from ..images import MOUNT_POINTS
 from . import syscalls as sc
-from .spec import HOME, SANDBOX_GID, SANDBOX_UID, SandboxSpec
+from .layout import DATA_DIR, HOME, SANDBOX_GID, SANDBOX_UID
+from .spec import SandboxSpec
 
 if TYPE_CHECKING:
     from .plan import Plan
@@ -34,7 +35,6 @@ PROC_MASKED_FILES = (
 )
 PROC_MASKED_DIRS = ("acpi", "asound", "scsi", "firmware", "driver")
 PROC_READ_ONLY = ("sys", "bus", "fs", "irq")
-DATA_DIR = "/data"
 
 
 def _inside(root: str, path: str) -> str:

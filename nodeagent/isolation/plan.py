@@ -16,7 +16,8 @@ import os
 
 from ..bootstrap import BOOTSTRAPS
 from . import mounts
-from .spec import HOME, SANDBOX_GID, SANDBOX_UID, SandboxSpec
+from .layout import HOME, SANDBOX_GID, SANDBOX_UID
+from .spec import SandboxSpec
 
 Field = str | bytes | int
 

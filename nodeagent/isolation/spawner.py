@@ -1,9 +1,11 @@
 """The spawner: a single-threaded process that forks one supervisor per sandbox.
 
 The agent runs gRPC and asyncio threads, and forking a threaded process is unsafe. So the
-agent starts this process once; it compiles the seccomp filter once, and then, per sandbox,
-writes its plan and forks its supervisor, which starts the native launcher. The agent sends
-a spec plus the sandbox's pipe ends over a Unix socket (SCM_RIGHTS).
+agent starts this process once, and it only forks: one supervisor per sandbox, which starts
+the native launcher. The agent sends what the supervisor needs, the sandbox's plan and its
+pipe ends over a Unix socket (SCM_RIGHTS). Every supervisor shares this process's memory and
+pays, at fork and at exit, for each page of it: so it imports only what supervisors use (the
+plan and the seccomp filter are made in the agent).
 """
 
 from __future__ import annotations
@@ -20,11 +22,8 @@ from dataclasses import dataclass
 
 import setproctitle
 
-from ..images import ImageError
-from . import cgroups, frames, seccomp
-from .plan import sandbox_plan
-from .spec import SandboxSpec
-from .supervisor import Launch, supervise
+from . import cgroups, frames
+from .supervisor import Launch, Supervision, supervise
 
 _FDS_PER_SPAWN = 5
 
@@ -96,7 +95,6 @@ def serve(sock: socket.socket, cgroup_parent: str, launcher: str) -> None:
     try:
         driver = cgroups.detect(cgroup_parent)
         driver.remove_stale()
-        bpf = seccomp.compile_filter()
     except (OSError, cgroups.CgroupError) as exc:
         frames.send(sock, {"event": "failed", "message": str(exc)})
         return
@@ -117,16 +115,11 @@ def serve(sock: socket.socket, cgroup_parent: str, launcher: str) -> None:
             slots.wait_all(timeout=10)
             driver.remove_all()
             return
-        header, _payload, fds = frame
-        spec = SandboxSpec.from_json(header["spec"])
-        try:
-            launch = Launch(launcher, sandbox_plan(spec, bpf))
-        except ImageError as exc:
-            _refuse(fds, str(exc))
-            continue
+        header, plan, fds = frame
+        supervision = Supervision.from_json(header["supervision"])
         slot = slots.take()
         try:
-            cgroup = driver.prepare(slot, spec.limits)
+            cgroup = driver.prepare(slot, supervision.limits)
         except OSError as exc:
             slots.give_back(slot)
             _refuse(fds, f"cgroup {slot}: {exc}")
@@ -136,7 +129,7 @@ def serve(sock: socket.socket, cgroup_parent: str, launcher: str) -> None:
             sock.close()
             os.close(wake_r)
             os.close(wake_w)
-            supervise(spec, cgroup, launch, socket.socket(fileno=fds[0]), fds[1:])
+            supervise(supervision, cgroup, Launch(launcher, plan), socket.socket(fileno=fds[0]), fds[1:])
         slots.lend(pid, slot)
         for fd in fds:
             os.close(fd)
@@ -181,7 +174,7 @@ class Spawner:
             raise SpawnerError(f"sandbox spawner failed to start: {reason}")
         self.cgroup_version: int = hello[0]["cgroup_version"]
 
-    def spawn(self, spec: SandboxSpec) -> SandboxPipes:
+    def spawn(self, supervision: Supervision, plan: bytes) -> SandboxPipes:
         ctl, ctl_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         stdin_r, stdin_w = os.pipe()
         stdout_r, stdout_w = os.pipe()
@@ -189,7 +182,7 @@ class Spawner:
         ready_r, ready_w = os.pipe()
         children = [ctl_child.fileno(), stdin_r, stdout_w, stderr_w, ready_w]
         try:
-            frames.send(self._sock, {"op": "spawn", "spec": spec.to_json()}, fds=children)
+            frames.send(self._sock, {"op": "spawn", "supervision": supervision.to_json()}, plan, fds=children)
         except OSError as exc:
             for fd in (stdin_w, stdout_r, stderr_r, ready_r):
                 os.close(fd)

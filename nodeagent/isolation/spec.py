@@ -1,24 +1,18 @@
-"""The full description of one sandbox, as the agent hands it to the spawner.
-
-It is plain data (JSON on the wire) so the spawner, a separate single-threaded process, needs
-nothing of the agent's state to build a sandbox.
-"""
+"""The full description of one sandbox, from which the agent writes its plan (plan.py) and
+what its supervisor needs to know (`supervision`)."""
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from dataclasses import dataclass, field
+from typing import Literal
 
 from ..images import Image
 from .cgroups import Limits
 from .rlimits import Rlimits
+from .supervisor import Supervision
 
 Mode = Literal["warm", "exec"]
 
-SANDBOX_UID = 1000
-SANDBOX_GID = 1000
-HOME = "/home/baponi"
 MIB = 1 << 20
 
 
@@ -46,27 +40,6 @@ class SandboxSpec:
     hostname: str = "sandbox"
     base_env: dict[str, str] = field(default_factory=dict)
 
-    def to_json(self) -> str:
-        """JSON for the wire; /etc file contents travel as latin-1 strings."""
-        return json.dumps(asdict(self), default=_encode_bytes)
-
-    @classmethod
-    def from_json(cls, raw: str | bytes) -> SandboxSpec:
-        data: dict[str, Any] = json.loads(raw)
-        image = data.pop("image")
-        image["binds"] = tuple(tuple(pair) for pair in image["binds"])
-        image["symlinks"] = tuple(tuple(pair) for pair in image["symlinks"])
-        image["etc_files"] = {k: v.encode("latin-1") for k, v in image["etc_files"].items()}
-        return cls(
-            image=Image(**image),
-            limits=Limits(**data.pop("limits")),
-            rlimits=Rlimits(**data.pop("rlimits")),
-            **data,
-        )
-
-
-def _encode_bytes(obj: Any) -> Any:
-    if isinstance(obj, bytes):
-        return obj.decode("latin-1")
-    raise TypeError(f"cannot encode {type(obj).__name__}")
-
+    def supervision(self) -> Supervision:
+        """What the sandbox's supervisor needs of this spec (the plan carries the rest)."""
+        return Supervision(self.limits, self.uid_base, self.uid_count, self.home_bytes)

@@ -16,15 +16,33 @@ import signal
 import socket
 import struct
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from typing import Any
 
 from . import cgroups, frames, injection
 from . import syscalls as sc
-from .spec import SandboxSpec
 
 _KILL_GRACE_S = 2.0
 STATUS = struct.Struct("!i")  # the code's wait status, as the launcher's pid 1 writes it
 _HIGH_FD = 64  # above the launcher's fixed fds (0-7), so moving one never clobbers another
+
+
+@dataclass(frozen=True)
+class Supervision:
+    """What a supervisor needs to know of its sandbox: the cgroup's limits, the id range its
+    user namespace maps to, and the most a collected home may hold."""
+
+    limits: cgroups.Limits
+    uid_base: int
+    uid_count: int
+    home_bytes: int
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Supervision:
+        return cls(**{**data, "limits": cgroups.Limits(**data["limits"])})
 
 
 @dataclass(frozen=True)
@@ -47,15 +65,15 @@ class _Run:
 
 class Supervisor:
     def __init__(
-        self, spec: SandboxSpec, cgroup: cgroups.Cgroup, launch: Launch, ctl: socket.socket, stdio: list[int]
+        self, supervision: Supervision, cgroup: cgroups.Cgroup, launch: Launch, ctl: socket.socket, stdio: list[int]
     ) -> None:
-        self.spec, self.cgroup, self.launch, self.ctl, self.stdio = spec, cgroup, launch, ctl, stdio
+        self.supervision, self.cgroup, self.launch, self.ctl, self.stdio = supervision, cgroup, launch, ctl, stdio
         self.run = _Run()
 
     # --- start -----------------------------------------------------------------------------
 
     def _write_id_maps(self, pid: int) -> None:
-        mapping = f"0 {self.spec.uid_base} {self.spec.uid_count}\n"
+        mapping = f"0 {self.supervision.uid_base} {self.supervision.uid_count}\n"
         with open(f"/proc/{pid}/uid_map", "w") as handle:
             handle.write(mapping)
         with open(f"/proc/{pid}/setgroups", "w") as handle:
@@ -225,7 +243,7 @@ class Supervisor:
         home = b""
         if self.run.collect_home and not self.run.cancelled:
             try:
-                home = injection.archive_home(self.ns, self.spec.home_bytes)
+                home = injection.archive_home(self.ns, self.supervision.home_bytes)
             except injection.InjectionError as exc:  # the code's result still stands
                 report["error"] = f"home not collected: {exc}"
         try:
@@ -247,12 +265,14 @@ def _reap_all() -> None:
             return
 
 
-def supervise(spec: SandboxSpec, cgroup: cgroups.Cgroup, launch: Launch, ctl: socket.socket, stdio: list[int]) -> None:
+def supervise(
+    supervision: Supervision, cgroup: cgroups.Cgroup, launch: Launch, ctl: socket.socket, stdio: list[int]
+) -> None:
     """Entry point of the forked supervisor; never returns into the spawner."""
     signal.set_wakeup_fd(-1)
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     sc.prctl(sc.PR_SET_CHILD_SUBREAPER, 1)  # an orphaned B is ours to reap, not the host's init
-    supervisor = Supervisor(spec, cgroup, launch, ctl, stdio)
+    supervisor = Supervisor(supervision, cgroup, launch, ctl, stdio)
     try:
         init_pid = supervisor.start()
     except (OSError, cgroups.CgroupError) as exc:

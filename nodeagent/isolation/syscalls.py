@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import ctypes
 import os
-import platform
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
@@ -19,7 +18,7 @@ _SYSCALL_NUMBERS = {
     "x86_64": {"open_tree": 428, "move_mount": 429, "mount_setattr": 442},
     "aarch64": {"open_tree": 428, "move_mount": 429, "mount_setattr": 442},
 }
-_NR = _SYSCALL_NUMBERS[platform.machine()]
+_NR = _SYSCALL_NUMBERS[os.uname().machine]
 
 # Namespace flags (linux/sched.h).
 CLONE_NEWNS = 0x00020000
