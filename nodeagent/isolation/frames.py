@@ -55,8 +55,9 @@ def send(sock: socket.socket, header: dict[str, Any], payload: bytes = b"", fds:
         sock.sendall(data)
 
 
-def recv(sock: socket.socket, max_fds: int = 0) -> tuple[dict[str, Any], bytes, list[int]] | None:
-    """One frame, or None when the peer closed cleanly between frames."""
+def recv_header(sock: socket.socket, max_fds: int = 0) -> tuple[dict[str, Any], int, list[int]] | None:
+    """A frame's header, its payload's length and the fds sent with it, leaving the payload
+    unread (see recv_payload); None when the peer closed cleanly between frames."""
     fds: list[int] = []
     if max_fds:
         first, fds, _flags, _addr = socket.recv_fds(sock, _PREFIX.size, max_fds)
@@ -68,8 +69,20 @@ def recv(sock: socket.socket, max_fds: int = 0) -> tuple[dict[str, Any], bytes, 
     header_len, payload_len = _PREFIX.unpack(prefix)
     if header_len > MAX_HEADER:
         raise FrameError(f"frame header of {header_len} bytes")
-    header = _decode_header(_recv_exactly(sock, header_len))
-    return header, _recv_exactly(sock, payload_len), fds
+    return _decode_header(_recv_exactly(sock, header_len)), payload_len, fds
+
+
+def recv_payload(sock: socket.socket, length: int) -> bytes:
+    return _recv_exactly(sock, length)
+
+
+def recv(sock: socket.socket, max_fds: int = 0) -> tuple[dict[str, Any], bytes, list[int]] | None:
+    """One frame, or None when the peer closed cleanly between frames."""
+    received = recv_header(sock, max_fds)
+    if received is None:
+        return None
+    header, payload_len, fds = received
+    return header, recv_payload(sock, payload_len), fds
 
 
 async def read(reader: asyncio.StreamReader) -> tuple[dict[str, Any], bytes] | None:

@@ -1,19 +1,18 @@
-"""The spawner: a single-threaded process that forks one supervisor per sandbox.
+"""The spawner: a single-threaded process that starts and supervises every sandbox.
 
 The agent runs gRPC and asyncio threads, and forking a threaded process is unsafe. So the
-agent starts this process once, and it only forks: one supervisor per sandbox, which starts
-the native launcher. The agent sends what the supervisor needs, the sandbox's plan and its
-pipe ends over a Unix socket (SCM_RIGHTS). Every supervisor shares this process's memory and
-pays, at fork and at exit, for each page of it: so it imports only what supervisors use (the
-plan and the seccomp filter are made in the agent).
+agent starts this process once; it supervises every sandbox in one poll loop (supervisor.py),
+starting each with the native launcher and forking only for claim-time jobs. The agent sends
+what the supervisor needs, the sandbox's plan and its pipe ends over a Unix socket
+(SCM_RIGHTS). Each job process shares this process's memory and pays, at fork and at exit,
+for each page of it: so it imports only what supervisors use (the plan and the seccomp
+filter are made in the agent).
 """
 
 from __future__ import annotations
 
 import gc
 import os
-import select
-import signal
 import socket
 import subprocess
 import sys
@@ -23,7 +22,9 @@ from dataclasses import dataclass
 import setproctitle
 
 from . import cgroups, frames
-from .supervisor import Launch, Supervision, supervise
+from . import syscalls as sc
+from .reactor import Reactor
+from .supervisor import Launch, Supervision, Supervisor
 
 _FDS_PER_SPAWN = 5
 
@@ -32,51 +33,65 @@ class SpawnerError(Exception):
     """The spawner could not be started or stopped answering."""
 
 
-class _Slots:
-    """cgroup slots, each lent to one supervisor and taken back when it has exited."""
+class _AgentGone(Exception):
+    """The agent closed its socket: stop every sandbox, then exit."""
 
-    def __init__(self, driver: cgroups.Driver) -> None:
-        self._driver = driver
+
+class _Spawner:
+    """The spawner's state: its sandboxes' supervisors and the cgroup slots they hold."""
+
+    def __init__(self, sock: socket.socket, driver: cgroups.Driver, launcher: str) -> None:
+        self.sock, self.driver, self.launcher = sock, driver, launcher
+        self.reactor = Reactor()
+        self.supervisors: dict[Supervisor, str] = {}
         self._free: list[str] = []
-        self._lent: dict[int, str] = {}
         self._count = 0
 
-    def take(self) -> str:
+    def _take_slot(self) -> str:
         if self._free:
             return self._free.pop()
         self._count += 1
         return f"s{self._count}"
 
-    def give_back(self, slot: str) -> None:
-        self._free.append(slot)
+    def _give_back(self, slot: str) -> None:
+        """A slot is reused only once nothing runs in it."""
+        cgroup = self.driver.slot(slot)
+        if cgroup.pids():
+            cgroup.kill_all()
+        if not cgroup.pids():
+            self._free.append(slot)
 
-    def lend(self, pid: int, slot: str) -> None:
-        self._lent[pid] = slot
+    def _done(self, supervisor: Supervisor) -> None:
+        self._give_back(self.supervisors.pop(supervisor))
 
-    def wait_all(self, timeout: float) -> None:
-        """Until every supervisor has exited (each kills its sandbox once the agent is gone)."""
-        deadline = time.monotonic() + timeout
-        while self._lent and time.monotonic() < deadline:
-            time.sleep(0.01)
-            self.reap()
+    def on_agent(self) -> None:
+        frame = frames.recv(self.sock, max_fds=_FDS_PER_SPAWN)
+        if frame is None:
+            raise _AgentGone
+        header, plan, fds = frame
+        supervision = Supervision.from_json(header["supervision"])
+        slot = self._take_slot()
+        try:
+            cgroup = self.driver.prepare(slot, supervision.limits)
+        except OSError as exc:
+            self._free.append(slot)
+            _refuse(fds, f"cgroup {slot}: {exc}")
+            return
+        supervisor = Supervisor(
+            supervision, cgroup, Launch(self.launcher, plan), socket.socket(fileno=fds[0]), fds[1:],
+            self.reactor, self._done,
+        )
+        self.supervisors[supervisor] = slot
+        supervisor.start()
 
-    def reap(self) -> None:
-        """Collect exited supervisors; a slot is reused only once nothing runs in it."""
-        while True:
-            try:
-                pid, _ = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                return
-            if pid == 0:
-                return
-            slot = self._lent.pop(pid, None)
-            if slot is None:
-                continue
-            cgroup = self._driver.slot(slot)
-            if cgroup.pids():
-                cgroup.kill_all()  # its supervisor died abnormally: never hand out a busy slot
-            if not cgroup.pids():
-                self._free.append(slot)
+    def stop(self, timeout: float) -> None:
+        """Kill every sandbox and wait, up to `timeout`, until each is cleaned up."""
+        for supervisor in list(self.supervisors):
+            supervisor.abandon()
+        give_up = time.monotonic() + timeout
+        while self.supervisors and time.monotonic() < give_up:
+            self.reactor.run_once(max_wait=0.05)
+        self.driver.remove_all()
 
 
 def _refuse(fds: list[int], message: str) -> None:
@@ -88,51 +103,24 @@ def _refuse(fds: list[int], message: str) -> None:
 def serve(sock: socket.socket, cgroup_parent: str, launcher: str) -> None:
     # A neutral title in the host's process list, beside the sandboxes' own "baponi-sandbox".
     setproctitle.setproctitle("baponi-spawner")
-    wake_r, wake_w = os.pipe()
-    os.set_blocking(wake_w, False)
-    signal.set_wakeup_fd(wake_w)
-    signal.signal(signal.SIGCHLD, lambda *_: None)  # wakes select() through the wakeup fd
+    sc.prctl(sc.PR_SET_CHILD_SUBREAPER, 1)  # an orphaned init (its A killed) is ours to reap
     try:
         driver = cgroups.detect(cgroup_parent)
         driver.remove_stale()
     except (OSError, cgroups.CgroupError) as exc:
         frames.send(sock, {"event": "failed", "message": str(exc)})
         return
-    slots = _Slots(driver)
-    # Everything the forks inherit stays put: without this, a collection in a child would
-    # touch (and so copy) every object page of ours, several ms of page faults per sandbox.
+    spawner = _Spawner(sock, driver, launcher)
+    spawner.reactor.add_reader(sock.fileno(), spawner.on_agent)
+    # What job processes inherit stays put: without this, a collection in one would touch
+    # (and so copy) every object page of ours.
     gc.freeze()
     frames.send(sock, {"event": "ready", "cgroup_version": driver.version})
-    while True:
-        readable, _, _ = select.select([sock, wake_r], [], [])
-        if wake_r in readable:
-            os.read(wake_r, 4096)
-            slots.reap()
-        if sock not in readable:
-            continue
-        frame = frames.recv(sock, max_fds=_FDS_PER_SPAWN)
-        if frame is None:  # the agent is gone
-            slots.wait_all(timeout=10)
-            driver.remove_all()
-            return
-        header, plan, fds = frame
-        supervision = Supervision.from_json(header["supervision"])
-        slot = slots.take()
-        try:
-            cgroup = driver.prepare(slot, supervision.limits)
-        except OSError as exc:
-            slots.give_back(slot)
-            _refuse(fds, f"cgroup {slot}: {exc}")
-            continue
-        pid = os.fork()
-        if pid == 0:
-            sock.close()
-            os.close(wake_r)
-            os.close(wake_w)
-            supervise(supervision, cgroup, Launch(launcher, plan), socket.socket(fileno=fds[0]), fds[1:])
-        slots.lend(pid, slot)
-        for fd in fds:
-            os.close(fd)
+    try:
+        while True:
+            spawner.reactor.run_once()
+    except _AgentGone:
+        spawner.stop(timeout=10)
 
 
 @dataclass

@@ -1,30 +1,37 @@
 """The host side of one sandbox: its cgroup, its id maps, its clock and its clean-up.
 
-One supervisor process per sandbox, forked by the spawner, root on the host. It talks to the
-agent over a control socket (frames): it says when the sandbox is started, takes claim-time
-work (mounts, the home archive), starts the wall clock at "run", and reports how the code
-ended once every process of the sandbox is gone. If the agent hangs up, the sandbox dies.
+Supervisors live in the spawner, root on the host, one object per sandbox, all driven by the
+spawner's poll loop (reactor.py): a process per sandbox would cost a fork of the spawner and
+its exit, once the largest part of creating a sandbox. A supervisor talks to the agent over a
+control socket (frames): it says when the sandbox is started, takes claim-time work (mounts,
+the home archive), starts the wall clock at "run", and reports how the code ended once every
+process of the sandbox is gone. If the agent hangs up, the sandbox dies.
+
+Work that may take long (claim-time mounts, the home archive in or out) runs in a forked job
+process, so no sandbox waits on another's data; while a job runs, its sandbox's control
+socket is the job's.
 """
 
 from __future__ import annotations
 
 import fcntl
-import json
 import os
 import select
 import signal
 import socket
 import struct
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from . import cgroups, frames, injection
-from . import syscalls as sc
+from .reactor import Reactor, Timer
 
 _KILL_GRACE_S = 2.0
 STATUS = struct.Struct("!i")  # the code's wait status, as the launcher's pid 1 writes it
 _HIGH_FD = 64  # above the launcher's fixed fds (0-7), so moving one never clobbers another
+_JOB_FAILED = 1
 
 
 @dataclass(frozen=True)
@@ -57,7 +64,7 @@ class Launch:
 class _Run:
     """The state of the one execution this sandbox serves."""
 
-    deadline: float | None = None
+    deadline: Timer | None = None
     collect_home: bool = False
     timed_out: bool = False
     cancelled: bool = False
@@ -65,10 +72,22 @@ class _Run:
 
 class Supervisor:
     def __init__(
-        self, supervision: Supervision, cgroup: cgroups.Cgroup, launch: Launch, ctl: socket.socket, stdio: list[int]
+        self,
+        supervision: Supervision,
+        cgroup: cgroups.Cgroup,
+        launch: Launch,
+        ctl: socket.socket,
+        stdio: list[int],
+        reactor: Reactor,
+        on_done: Callable[[Supervisor], None],
     ) -> None:
         self.supervision, self.cgroup, self.launch, self.ctl, self.stdio = supervision, cgroup, launch, ctl, stdio
+        self.reactor, self.on_done = reactor, on_done
         self.run = _Run()
+        self.pid_a = self.init_pid = 0
+        self.pidfd = self.pidfd_a = self.status_r = -1
+        self.ns: injection.Namespaces | None = None
+        self._listening = self._ending = self._busy = False
 
     # --- start -----------------------------------------------------------------------------
 
@@ -100,13 +119,15 @@ class Supervisor:
         finally:
             os.close(plan)
 
-    def start(self) -> int:
-        """Start the chain and return pid 1 of the sandbox, as the host sees it."""
+    def _launch(self) -> int:
+        """Start the chain and return pid 1 of the sandbox, as the host sees it. Blocks for
+        the launcher's two steps (namespaces, then init): well under a millisecond."""
         up_r, up_w = os.pipe()
         down_r, down_w = os.pipe()
         status_r, status_w = os.pipe()
         try:
-            pid_a = self._spawn_launcher(up_w, down_r, status_w)
+            self.pid_a = self._spawn_launcher(up_w, down_r, status_w)
+            self.pidfd_a = os.pidfd_open(self.pid_a)
         finally:
             for fd in (up_w, down_r, status_w, *self.stdio):
                 os.close(fd)
@@ -114,11 +135,10 @@ class Supervisor:
         try:
             if os.read(up_r, 1) != b"u":
                 raise OSError("sandbox namespaces could not be created")
-            self._write_id_maps(pid_a)
-            self.cgroup.add(pid_a)
+            self._write_id_maps(self.pid_a)
+            self.cgroup.add(self.pid_a)
             os.write(down_w, b"m")
             raw = os.read(up_r, 32)
-            self.pid_a = pid_a
             if not raw:
                 raise OSError("sandbox init did not start")
             return int(raw)
@@ -126,77 +146,170 @@ class Supervisor:
             os.close(up_r)
             os.close(down_w)
 
+    def start(self) -> None:
+        try:
+            self.init_pid = self._launch()
+            self.pidfd = os.pidfd_open(self.init_pid)
+            self.ns = injection.Namespaces.of(self.init_pid)
+        except (OSError, cgroups.CgroupError) as exc:
+            self._send({"event": "failed", "message": f"sandbox could not start: {exc}"})
+            self._kill()
+            self._clean_up()
+            return
+        self._listen()
+        self.reactor.add_reader(self.pidfd, self._on_end)
+        self.reactor.add_reader(self.status_r, self._on_end)
+        self._send({"event": "started", "pid": self.init_pid})
+
     # --- serve -----------------------------------------------------------------------------
 
-    def _handle(self, header: dict, payload: bytes) -> None:
+    def _listen(self) -> None:
+        self.reactor.add_reader(self.ctl.fileno(), self._on_control)
+        self._listening = True
+
+    def _deafen(self) -> None:
+        if self._listening:
+            self.reactor.remove_reader(self.ctl.fileno())
+            self._listening = False
+
+    def _send(self, header: dict[str, Any], payload: bytes = b"") -> None:
+        try:
+            frames.send(self.ctl, header, payload)
+        except OSError:
+            pass  # the agent is gone; so will the sandbox be
+
+    def _on_control(self) -> None:
+        try:
+            received = frames.recv_header(self.ctl)
+        except (OSError, frames.FrameError):
+            received = None
+        if received is None:  # the agent is gone: so is its sandbox
+            self._deafen()
+            self.abandon()
+            return
+        header, payload_len = received[0], received[1]
         op = header.get("op")
+        if op == "run":
+            self.run.deadline = self.reactor.call_at(time.monotonic() + float(header["timeout"]), self._on_deadline)
+            self.run.collect_home = bool(header.get("collect_home"))
+        elif op == "kill":
+            self.abandon()
+        elif op in ("mount", "home") and not self._ending:
+            self._deafen()  # the job reads the rest of the frame, and answers
+            self._job(lambda: self._claim_job(header, payload_len), self._after_claim)
+        else:
+            self._send({"event": "error", "op": op, "message": f"unknown op {op!r}"})
+
+    def _claim_job(self, header: dict[str, Any], payload_len: int) -> None:
+        """In the job process: read the payload, do the claim-time work, answer."""
+        assert self.ns is not None
+        payload = frames.recv_payload(self.ctl, payload_len)
+        op = header["op"]
         try:
             if op == "mount":
                 injection.mount_into(self.ns, header["source"], header["target"], bool(header["read_only"]))
-                frames.send(self.ctl, {"event": "done", "op": op})
-            elif op == "home":
-                injection.extract_home(self.ns, payload)
-                frames.send(self.ctl, {"event": "done", "op": op})
-            elif op == "run":
-                self.run.deadline = time.monotonic() + float(header["timeout"])
-                self.run.collect_home = bool(header.get("collect_home"))
-            elif op == "kill":
-                self.run.cancelled = True
-                self._kill()
             else:
-                frames.send(self.ctl, {"event": "error", "op": op, "message": f"unknown op {op!r}"})
+                injection.extract_home(self.ns, payload)
+            frames.send(self.ctl, {"event": "done", "op": op})
         except (OSError, injection.InjectionError, KeyError, ValueError) as exc:
             frames.send(self.ctl, {"event": "error", "op": op, "message": str(exc)})
 
-    def _kill(self) -> None:
-        try:
-            signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    def _after_claim(self) -> None:
+        if self._ending:
+            self._finish()  # the sandbox ended during the job
+        else:
+            self._listen()
 
-    def serve(self, init_pid: int) -> int | None:
-        """Until the code ends, the deadline passes or the agent gives up; returns the code's
-        wait status, or None when the sandbox was killed before the code ended."""
-        self.pidfd = os.pidfd_open(init_pid)
-        self.ns = injection.Namespaces.of(init_pid)
-        poller = select.poll()
-        poller.register(self.ctl, select.POLLIN)
-        poller.register(self.pidfd, select.POLLIN)
-        poller.register(self.status_r, select.POLLIN)
-        while True:
-            timeout_ms = None
-            if self.run.deadline is not None:
-                timeout_ms = max(0, int((self.run.deadline - time.monotonic()) * 1000) + 1)
-            ready = dict(poller.poll(timeout_ms))
-            if self.status_r in ready or self.pidfd in ready:
-                self._drain_control()
-                return self._code_status()
-            if self.run.deadline is not None and time.monotonic() >= self.run.deadline:
-                self.run.timed_out = True
-                self._kill()
-                self.run.deadline = None
-                continue
-            if self.ctl.fileno() in ready:
-                frame = frames.recv(self.ctl)
-                if frame is None:  # the agent is gone: so is its sandbox
-                    self.run.cancelled = True
-                    self._kill()
-                    poller.unregister(self.ctl)
-                    continue
-                self._handle(frame[0], frame[1])
+    def _job(self, work: Callable[[], None], then: Callable[[], None]) -> None:
+        """`work` in a forked process holding only this sandbox's fds; `then` when it exits."""
+        self._busy = True
+        pid = os.fork()
+        if pid == 0:
+            code = _JOB_FAILED
+            try:
+                self.reactor.close_in_child()
+                keep = {self.ctl.fileno(), *((self.ns.user, self.ns.mnt) if self.ns else ())}
+                _close_all_but(keep)
+                work()
+                code = 0
+            finally:
+                os._exit(code)
+        def exited(_status: int) -> None:
+            self._busy = False
+            then()
+
+        self.reactor.watch_child(pid, exited)
+
+    def _on_deadline(self) -> None:
+        self.run.timed_out = True
+        self._kill()
+
+    def abandon(self) -> None:
+        """Kill the sandbox (the agent cancelled, went away, or the spawner stops)."""
+        self.run.cancelled = True
+        self._kill()
+
+    def _kill(self) -> None:
+        """SIGKILL to init (the kernel then kills the whole pid namespace), or to A when
+        there is no init yet. Through pidfds: a reaped pid may already be someone else's."""
+        target = self.pidfd if self.pidfd >= 0 else self.pidfd_a
+        if target >= 0:
+            try:
+                signal.pidfd_send_signal(target, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    # --- end -------------------------------------------------------------------------------
+
+    def _on_end(self) -> None:
+        """The code ended (B wrote its status) or B died: report, then clean up."""
+        if self._ending:
+            return
+        self._ending = True
+        self.reactor.remove_reader(self.pidfd)
+        self.reactor.remove_reader(self.status_r)
+        if self.run.deadline is not None:
+            self.run.deadline.cancel()
+        if not self._busy:  # else the job's end finishes: one writer at a time on the socket
+            self._finish()
+
+    def _finish(self) -> None:
+        self._drain_control()
+        report = self._report(self._code_status())
+        try:
+            self._empty_cgroup(self.init_pid, self.pid_a)
+        except cgroups.CgroupError as exc:
+            report["error"] = str(exc)
+        report["oom_killed"] = self.cgroup.oom_kills() > 0
+        self._kill()
+        if self.run.collect_home and not self.run.cancelled:
+            self._deafen()
+            self._job(lambda: self._send_with_home(report), self._clean_up)
+        else:
+            self._send(report)
+            self._clean_up()
+
+    def _send_with_home(self, report: dict[str, Any]) -> None:
+        """In the job process: archive the home, then report with it."""
+        assert self.ns is not None
+        home = b""
+        try:
+            home = injection.archive_home(self.ns, self.supervision.home_bytes)
+        except injection.InjectionError as exc:  # the code's result still stands
+            report["error"] = f"home not collected: {exc}"
+        frames.send(self.ctl, report, home)
 
     def _drain_control(self) -> None:
         """Code can end before its `run` frame is read (it is sent before the code): take it,
         or the call's instructions (collect the home) would be lost."""
-        while not self.run.cancelled and select.select([self.ctl], [], [], 0)[0]:
-            frame = frames.recv(self.ctl)
-            if frame is None:
-                self.run.cancelled = True
-                return
-            self._handle(frame[0], frame[1])
+        while self._listening and not self.run.cancelled and select.select([self.ctl], [], [], 0)[0]:
+            self._on_control()
 
     def _code_status(self) -> int | None:
-        raw = os.read(self.status_r, STATUS.size)
+        try:
+            raw = os.read(self.status_r, STATUS.size)
+        except BlockingIOError:
+            raw = b""
         return STATUS.unpack(raw)[0] if len(raw) == STATUS.size else None
 
     def _empty_cgroup(self, *ours: int) -> None:
@@ -208,24 +321,8 @@ class Supervisor:
             self.cgroup.kill_all()
             time.sleep(0.001)
 
-    def rehearse(self) -> None:
-        """Run the end-of-call path once ahead, on nothing. A forked supervisor shares the
-        spawner's memory copy-on-write, and the first run of any code copies the pages it
-        touches: ~700 page faults, several ms in a VM, otherwise paid when the code has ended
-        and the caller is waiting for its result."""
-        report = self._report(0) | {"oom_killed": self.cgroup.oom_kills() > 0}
-        frames.encode(report, b"")
-        json.loads(frames.encode({"op": "run", "timeout": 1.0, "collect_home": False})[frames.PREFIX_SIZE :])
-        select.select([self.ctl], [], [], 0)
-        self.cgroup.pids()  # only read: B is forking the code's process right now
-
-    def _report(self, status: int | None) -> dict[str, object]:
-        report: dict[str, object] = {
-            "event": "exited",
-            "timed_out": self.run.timed_out,
-            "signal": None,
-            "error": None,
-        }
+    def _report(self, status: int | None) -> dict[str, Any]:
+        report: dict[str, Any] = {"event": "exited", "timed_out": self.run.timed_out, "signal": None, "error": None}
         if status is None:
             report["exit_code"] = 128 + signal.SIGKILL
             if not (self.run.timed_out or self.run.cancelled):
@@ -236,50 +333,39 @@ class Supervisor:
             report["exit_code"] = os.WEXITSTATUS(status)
         return report
 
-    def finish(self, init_pid: int, status: int | None) -> None:
-        report = self._report(status)
-        self._empty_cgroup(init_pid, self.pid_a)
-        report["oom_killed"] = self.cgroup.oom_kills() > 0
-        home = b""
-        if self.run.collect_home and not self.run.cancelled:
-            try:
-                home = injection.archive_home(self.ns, self.supervision.home_bytes)
-            except injection.InjectionError as exc:  # the code's result still stands
-                report["error"] = f"home not collected: {exc}"
+    def _clean_up(self) -> None:
+        """Once B is gone (killed above) nothing of the sandbox may be left in its cgroup."""
+        self._deafen()
+        _wait_exited([fd for fd in (self.pidfd, self.pidfd_a) if fd >= 0])
+        for fd in (self.pidfd, self.pidfd_a):
+            if fd >= 0:
+                os.close(fd)
+        self.pidfd = self.pidfd_a = -1
+        if self.ns is not None:
+            self.ns.close()
+        if self.status_r >= 0:
+            os.close(self.status_r)
+        self.ctl.close()
         try:
-            frames.send(self.ctl, report, home)
-        except OSError:
-            pass
-        self._kill()
-        _reap_all()  # A reaps B, then exits; B comes to us if A went first
-        self.ns.close()
-        self._empty_cgroup()
-        self.cgroup.release()
+            self._empty_cgroup()
+            self.cgroup.release()
+        except cgroups.CgroupError:
+            pass  # the spawner checks the slot before lending it again
+        self.on_done(self)
 
 
-def _reap_all() -> None:
-    while True:
-        try:
-            os.waitpid(-1, 0)
-        except ChildProcessError:
-            return
+def _wait_exited(pidfds: list[int]) -> None:
+    """Until the processes behind `pidfds` have exited (a pidfd reads ready then)."""
+    give_up = time.monotonic() + _KILL_GRACE_S
+    waiting = list(pidfds)
+    while waiting and time.monotonic() < give_up:
+        ready, _, _ = select.select(waiting, [], [], max(0.0, give_up - time.monotonic()))
+        waiting = [fd for fd in waiting if fd not in ready]
 
 
-def supervise(
-    supervision: Supervision, cgroup: cgroups.Cgroup, launch: Launch, ctl: socket.socket, stdio: list[int]
-) -> None:
-    """Entry point of the forked supervisor; never returns into the spawner."""
-    signal.set_wakeup_fd(-1)
-    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-    sc.prctl(sc.PR_SET_CHILD_SUBREAPER, 1)  # an orphaned B is ours to reap, not the host's init
-    supervisor = Supervisor(supervision, cgroup, launch, ctl, stdio)
-    try:
-        init_pid = supervisor.start()
-    except (OSError, cgroups.CgroupError) as exc:
-        frames.send(ctl, {"event": "failed", "message": f"sandbox could not start: {exc}"})
-        os._exit(1)
-    supervisor.rehearse()
-    frames.send(ctl, {"event": "started", "pid": init_pid})
-    status = supervisor.serve(init_pid)
-    supervisor.finish(init_pid, status)
-    os._exit(0)
+def _close_all_but(keep: set[int]) -> None:
+    low = 3
+    for fd in sorted(keep):
+        os.closerange(low, fd)
+        low = fd + 1
+    os.closerange(low, 1 << 20)

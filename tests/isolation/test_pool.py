@@ -96,13 +96,24 @@ def alive(process: Proc) -> bool:
 
 
 def supervisor_of(init_pid: int) -> Proc:
-    """The sandbox's supervisor: its nearest ancestor running as host root (every process of
-    the sandbox itself runs under a host uid of the sandbox range)."""
+    """The process supervising the sandbox (the spawner): the nearest ancestor of its init
+    running as host root (every process of the sandbox itself runs under a host uid of the
+    sandbox range)."""
     process = _proc(init_pid)
     while process is not None and process.uid in SANDBOX_UIDS:
         process = _proc(process.ppid)
     assert process is not None and process.uid == 0, f"no supervisor above sandbox init {init_pid}"
     return process
+
+
+def chain_of(init_pid: int) -> list[Proc]:
+    """The sandbox's init and the launcher process above it (A), up to its supervisor."""
+    chain, process = [], _proc(init_pid)
+    while process is not None and process.uid in SANDBOX_UIDS:
+        chain.append(process)
+        process = _proc(process.ppid)
+    assert len(chain) == 2, f"sandbox init {init_pid}: expected init and its launcher, found {chain}"
+    return chain
 
 
 def in_cgroup_subtree(parent: str) -> list[Proc]:
@@ -162,7 +173,7 @@ async def test_a_sandbox_refuses_a_second_run(runtime):
     assert sandbox is not None
     request = ExecutionRequest(code="print('once')", env=dict(BASE_ENV), timeout=30)
     try:
-        supervisor = supervisor_of(sandbox.init_pid)  # type: ignore[arg-type]
+        chain = chain_of(sandbox.init_pid)  # type: ignore[arg-type]
         await sandbox.prepare(request)
         events = await collect(sandbox.run(request))
         assert events[-1] == dataclasses.replace(events[-1], exit_code=0, error=None), events[-1]
@@ -171,7 +182,7 @@ async def test_a_sandbox_refuses_a_second_run(runtime):
             await collect(sandbox.run(request))
         with pytest.raises(SandboxError, match="one execution"):
             await sandbox.prepare(request)
-        await wait_until(lambda: not alive(supervisor), "the supervisor of the finished sandbox exited")
+        await wait_until(lambda: not any(map(alive, chain)), "the finished sandbox's init and launcher exited")
     finally:
         await sandbox.destroy()
     assert sandbox.closed
@@ -208,11 +219,11 @@ async def test_idle_sandboxes_are_recycled_after_max_idle():
         pool = python_pool(runtime, "recycle")
         await pool.wait_full(WAIT_S)
         [old] = list(pool._idle)  # white-box: which sandbox is idle is the point of this test
-        supervisor = supervisor_of(old.init_pid)  # type: ignore[arg-type]
+        chain = chain_of(old.init_pid)  # type: ignore[arg-type]
         await asyncio.sleep(pool.max_idle_s + 0.2)
         pool.recycle()
         assert old not in pool._idle
-        await wait_until(lambda: old.closed and not alive(supervisor), "the recycled sandbox's supervisor exited")
+        await wait_until(lambda: old.closed and not any(map(alive, chain)), "the recycled sandbox's processes exited")
         await pool.wait_full(WAIT_S)
         [fresh] = list(pool._idle)
         assert fresh is not old and fresh.init_pid != old.init_pid
@@ -264,10 +275,12 @@ async def test_close_leaves_no_process_or_cgroup_behind():
         parent = runtime.cgroup_parent
         sandboxed = in_cgroup_subtree(parent)
         pids = {p.pid for p in sandboxed}
-        supervisors = {supervisor_of(p.pid) for p in sandboxed if p.ppid not in pids}
-        # At least the six idle sandboxes (three languages, two each); each runs its code's
-        # process as uid 1000, host uid 201000.
-        assert len(supervisors) >= 6 and sum(p.uid == 201_000 for p in sandboxed) >= 6, sandboxed
+        launchers = [p for p in sandboxed if p.ppid not in pids]
+        supervisors = {supervisor_of(p.pid) for p in launchers}
+        # At least the six idle sandboxes (three languages, two each), all supervised by the
+        # spawner; each runs its code's process as uid 1000, host uid 201000.
+        assert len(launchers) >= 6 and sum(p.uid == 201_000 for p in sandboxed) >= 6, sandboxed
+        assert [p.pid for p in supervisors] == [runtime._spawner._process.pid]
         assert glob.glob(f"/sys/fs/cgroup/*/{parent}")
     # Checked right as close() returns: nothing may be left to finish in the background.
     # A zombie counts: left unreaped it is a process entry of the sandbox's that someone

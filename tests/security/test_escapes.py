@@ -495,14 +495,14 @@ def host_sleeper() -> Iterator[subprocess.Popen]:
 
 async def test_host_processes_cannot_be_seen_signalled_or_read(run, runtime, host_sleeper):
     """The sandbox has its own pid namespace: /proc lists only its init and the code, and the
-    test process, the spawner, the supervisors and even a host process of the same host uid
-    as the code are invisible: no /proc entry, ESRCH for kill and pidfd_open, EPERM (filter)
+    test process, the spawner, the sandboxes' launchers and even a host process of the same
+    host uid as the code are invisible: no /proc entry, ESRCH for kill and pidfd_open, EPERM (filter)
     for process_vm_readv; kill(-1) finds no one to kill. All of them are alive on the host."""
     spawner = runtime._spawner._process.pid
-    supervisors = [int(c) for task in os.listdir(f"/proc/{spawner}/task")
-                   for c in _read(f"/proc/{spawner}/task/{task}/children").split()]
-    agent = [os.getpid(), spawner, *supervisors]
-    assert supervisors and _uid_of(host_sleeper.pid) == HOST_UID
+    launchers = [int(c) for task in os.listdir(f"/proc/{spawner}/task")
+                 for c in _read(f"/proc/{spawner}/task/{task}/children").split()]
+    agent = [os.getpid(), spawner, *launchers]
+    assert launchers and _uid_of(host_sleeper.pid) == HOST_UID
     assert on_host(["kill", "-0", str(host_sleeper.pid)]).returncode == 0, "contrast: the same uid reaches it on the host"
     inside = await sandbox_json(run, _data("AGENT", agent) + _data("SLEEPER", host_sleeper.pid) + r'''
 import signal
