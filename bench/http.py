@@ -110,7 +110,7 @@ async def main(runs: int, languages: list[str]) -> None:
                 await asyncio.sleep(0.2)
             await asyncio.sleep(2.0)  # every pool full
             for language in languages:
-                print(row(f"{language} `print(1)` through HTTP", await http_latency(client, language, runs)))
+                print(row(f"{language} `{PROGRAMS[language]}` through HTTP", await http_latency(client, language, runs)))
             print("\n| throughput | concurrency | executions/s | p50 ms | p99 ms |\n|---|---|---|---|---|")
             for language in languages:
                 for concurrency in CONCURRENCY:

@@ -45,6 +45,7 @@ class _Spawner:
         self.reactor = Reactor()
         self.supervisors: dict[Supervisor, str] = {}
         self._free: list[str] = []
+        self._limits: dict[str, cgroups.Limits] = {}  # what each slot was last prepared with
         self._count = 0
 
     def _take_slot(self) -> str:
@@ -61,6 +62,16 @@ class _Spawner:
         if not cgroup.pids():
             self._free.append(slot)
 
+    def _prepare(self, slot: str, limits: cgroups.Limits) -> cgroups.Cgroup:
+        """The slot's cgroup with these limits; written only when they change (most sandboxes
+        of a node share one configuration)."""
+        if self._limits.get(slot) == limits:
+            return self.driver.slot(slot)
+        self._limits.pop(slot, None)
+        cgroup = self.driver.prepare(slot, limits)
+        self._limits[slot] = limits
+        return cgroup
+
     def _done(self, supervisor: Supervisor) -> None:
         self._give_back(self.supervisors.pop(supervisor))
 
@@ -72,7 +83,7 @@ class _Spawner:
         supervision = Supervision.from_json(header["supervision"])
         slot = self._take_slot()
         try:
-            cgroup = self.driver.prepare(slot, supervision.limits)
+            cgroup = self._prepare(slot, supervision.limits)
         except OSError as exc:
             self._free.append(slot)
             _refuse(fds, f"cgroup {slot}: {exc}")
