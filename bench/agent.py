@@ -98,13 +98,14 @@ async def throughput(runtime: Runtime, language: str, concurrency: int, total: i
 
 
 def sandbox_memory(runtime: Runtime) -> str:
-    """Proportional set size of one idle warm python sandbox's processes (supervisor, init, code)."""
+    """Proportional set size of one idle warm python sandbox's processes (the launcher above
+    init, init, the interpreter); its supervision lives in the shared spawner."""
     pool = runtime.pools[("warm", "python")]
     sandbox = pool._idle[0]  # noqa: SLF001 - a benchmark may look inside
     init = sandbox.init_pid
     pids = [init, *[int(p) for p in Path(f"/proc/{init}/task/{init}/children").read_text().split()]]
-    supervisor = int(Path(f"/proc/{init}/stat").read_text().rsplit(")", 1)[1].split()[1])
-    parts = {"supervisor": supervisor, "init": pids[0], "interpreter": pids[1]}
+    launcher = int(Path(f"/proc/{init}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    parts = {"launcher": launcher, "init": pids[0], "interpreter": pids[1]}
     sizes = {}
     for name, pid in parts.items():
         for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
