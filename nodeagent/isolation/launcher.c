@@ -163,16 +163,18 @@ static int is(const struct record *record, const char *op) { return strcmp(recor
 
 /* --- B: the filesystem ---------------------------------------------------------------- */
 
+/* mkdir -p, trying the whole path first: the plan's paths mostly share parents that exist
+ * (68 /etc/alternatives links), and each failed mkdir of a prefix is a path walk. */
 static void make_dirs(const char *path, mode_t mode) {
-    char buf[4096];
-    if (snprintf(buf, sizeof buf, "%s", path) >= (int)sizeof buf) fail("path too long: %s", path);
-    for (char *p = buf + 1; *p; p++) {
-        if (*p != '/') continue;
-        *p = '\0';
-        if (mkdir(buf, mode) < 0 && errno != EEXIST) check(-1, "mkdir", buf);
-        *p = '/';
-    }
-    if (mkdir(buf, mode) < 0 && errno != EEXIST) check(-1, "mkdir", buf);
+    if (mkdir(path, mode) == 0 || errno == EEXIST) return;
+    if (errno != ENOENT) check(-1, "mkdir", path);
+    char parent[4096];
+    if (snprintf(parent, sizeof parent, "%s", path) >= (int)sizeof parent) fail("path too long: %s", path);
+    char *slash = strrchr(parent, '/');
+    if (!slash || slash == parent) check(-1, "mkdir", path);
+    *slash = '\0';
+    make_dirs(parent, mode);
+    if (mkdir(path, mode) < 0 && errno != EEXIST) check(-1, "mkdir", path);
 }
 
 static void make_parent(const char *path) {
