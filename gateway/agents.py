@@ -90,7 +90,8 @@ class AgentClient:
             raise AgentRejected(exc.code(), exc.details() or "") from None
         finally:
             self.in_flight -= 1
-            call.cancel()
+            if not call.done():  # cancelling a finished call still costs grpc a round of work
+                call.cancel()
 
     async def status(self) -> agent_pb2.AgentStatus:
         """The agent's pools and load; also refreshes `load` and `available`."""

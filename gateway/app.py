@@ -15,7 +15,7 @@ from typing import Any
 
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from pydantic import TypeAdapter
 
 from nodeagent.config import SandboxConfig
@@ -116,7 +116,10 @@ def create_app(
             return StreamingResponse(
                 streaming.lines(first, rest), media_type=streaming.NDJSON, headers={"Cache-Control": "no-store"}
             )
-        return await run.outcome()
+        # Serialized here: returning the model would have FastAPI validate it again against
+        # response_model (which still documents it), for nothing.
+        outcome = await run.outcome()
+        return Response(outcome.model_dump_json(), media_type="application/json")
 
     @app.get(
         "/v1/executions",
