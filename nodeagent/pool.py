@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 
 import structlog
 
+from .isolation.spawner import SpawnerError
 from .sandbox import Sandbox, SandboxError
 
 log = structlog.get_logger("baponi.pool")
@@ -67,9 +68,9 @@ class WarmPool:
     async def _start_one(self) -> None:
         try:
             sandbox = await self._start()
-        except (SandboxError, OSError) as exc:
+        except (SandboxError, SpawnerError, OSError) as exc:
             log.error("warm sandbox failed to start", pool=self.key, error=str(exc))
-            await asyncio.sleep(1.0)  # do not spin on a broken configuration
+            self._spawn_task(self._refill_later())
             return
         finally:
             self._starting -= 1
@@ -77,6 +78,17 @@ class WarmPool:
             await sandbox.destroy()
         else:
             self._idle.append(sandbox)
+
+    async def _refill_later(self) -> None:
+        await asyncio.sleep(1.0)  # do not spin on a broken configuration
+        self.refill()
+
+    def drop_idle(self) -> None:
+        """Destroy every idle sandbox (their spawner died, and they with it) and start anew."""
+        idle, self._idle = list(self._idle), collections.deque()
+        for sandbox in idle:
+            self._spawn_task(sandbox.destroy())
+        self.refill()
 
     def recycle(self) -> None:
         """Replace idle sandboxes older than the maximum age."""

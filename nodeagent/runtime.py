@@ -90,6 +90,8 @@ class Runtime:
         self.pools: dict[tuple[str, str], WarmPool] = {}
         self.running = 0
         self._spawner: Spawner | None = None
+        self._launcher_path = ""
+        self._respawning = asyncio.Lock()
         self._bpf = b""
         # One plan per (config, language, mode): it holds nothing that differs between sandboxes.
         self._plans: dict[tuple[str, str, str], bytes] = {}
@@ -109,9 +111,9 @@ class Runtime:
         self.stage_dir.mkdir(mode=0o711, exist_ok=True)
         os.chmod(self.stage_dir, 0o711)
         _check_traversable(self.stage_dir)
-        launcher_path = await asyncio.to_thread(launcher.ensure, self.data_dir / "bin")
+        self._launcher_path = str(await asyncio.to_thread(launcher.ensure, self.data_dir / "bin"))
         self._bpf = await asyncio.to_thread(seccomp.compile_filter)
-        self._spawner = await asyncio.to_thread(Spawner, self.cgroup_parent, str(launcher_path))
+        self._spawner = await asyncio.to_thread(Spawner, self.cgroup_parent, self._launcher_path)
         for config in self.configs.values():
             for language in self.images[config.image].languages:
                 key = (config.name, language)
@@ -143,13 +145,29 @@ class Runtime:
             base_env=BASE_ENV,
         )
 
-    async def _start_sandbox(self, config: SandboxConfig, language: str, mode: str) -> Sandbox:
+    async def _live_spawner(self) -> Spawner:
+        """The spawner, started anew if it died. Every sandbox it supervised died with it
+        (parent-death signals): the pools' idle ones are dropped and refilled."""
         assert self._spawner is not None, "Runtime.start() first"
+        if self._spawner.alive:
+            return self._spawner
+        async with self._respawning:
+            if not self._spawner.alive:
+                dead, self._spawner = self._spawner, None
+                log.error("sandbox spawner died; starting a new one")
+                await asyncio.to_thread(dead.close)
+                self._spawner = await asyncio.to_thread(Spawner, self.cgroup_parent, self._launcher_path)
+                for pool in self.pools.values():
+                    pool.drop_idle()
+        return self._spawner
+
+    async def _start_sandbox(self, config: SandboxConfig, language: str, mode: str) -> Sandbox:
+        spawner = await self._live_spawner()
         spec = self._spec(config, language, mode)
         plan = self._plans.get((config.name, language, mode))
         if plan is None:
             plan = self._plans[(config.name, language, mode)] = sandbox_plan(spec, self._bpf)
-        sandbox = Sandbox(spec, self._spawner.spawn(spec.supervision(), plan), config.output_limit)
+        sandbox = Sandbox(spec, spawner.spawn(spec.supervision(), plan), config.output_limit)
         try:
             await sandbox.wait_ready()
         except BaseException:
@@ -184,6 +202,7 @@ class Runtime:
         request = dataclasses.replace(request, env={**BASE_ENV, **request.env})
         pool = self.pools.get((sandbox, request.language))
         claimed = None
+        await self._live_spawner()  # a warm sandbox of a dead spawner is dead too
         if pool is not None and not _needs_cold_start(request.language, request.env):
             claimed = pool.claim()
         cold = claimed is None

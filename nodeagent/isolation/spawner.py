@@ -173,6 +173,10 @@ class Spawner:
             raise SpawnerError(f"sandbox spawner failed to start: {reason}")
         self.cgroup_version: int = hello[0]["cgroup_version"]
 
+    @property
+    def alive(self) -> bool:
+        return self._process.poll() is None
+
     def spawn(self, supervision: Supervision, plan: bytes) -> SandboxPipes:
         ctl, ctl_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         stdin_r, stdin_w = os.pipe()

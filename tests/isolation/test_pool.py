@@ -15,6 +15,7 @@ import glob
 import json
 import os
 import shutil
+import signal
 import tempfile
 import time
 from collections.abc import AsyncIterator
@@ -264,6 +265,23 @@ async def test_status_reflects_pools_and_running_calls():
                 await sandbox.destroy()
         assert first is not None and second is None
         assert runtime.status()["pools"]["counted/python"] == {"idle": 0, "target": 1, "claims": 3, "misses": 1}
+
+
+async def test_a_dead_spawner_is_replaced_and_its_pools_refilled():
+    """Every sandbox dies with its spawner (parent-death signals). The next call finds it gone,
+    starts a new one and succeeds; the pools refill from the new one."""
+    async with own_runtime(SandboxConfig(name="respawn", warm=1)) as runtime:
+        await runtime.wait_warm(WAIT_S)
+        old = runtime._spawner._process.pid  # type: ignore[union-attr]  # white-box: the process to kill
+        chains = [chain_of(s.init_pid) for pool in runtime.pools.values() for s in pool._idle]  # type: ignore[arg-type]
+        os.kill(old, signal.SIGKILL)
+        await wait_until(lambda: not any(alive(p) for chain in chains for p in chain), "its sandboxes died with it")
+        outcome = await Runner(runtime)("print('after')", sandbox="respawn")
+        assert (outcome.stdout, outcome.exit_code) == ("after\n", 0), outcome.stderr
+        assert runtime._spawner._process.pid != old  # type: ignore[union-attr]
+        await runtime.wait_warm(WAIT_S)
+        fresh = [chain_of(s.init_pid) for pool in runtime.pools.values() for s in pool._idle]  # type: ignore[arg-type]
+        assert all(supervisor_of(chain[0].pid).pid == runtime._spawner._process.pid for chain in fresh)  # type: ignore[union-attr]
 
 
 async def test_close_leaves_no_process_or_cgroup_behind():
