@@ -179,3 +179,29 @@ class FailingExecutor:
                 await on_start()
             yield OutputChunk("stdout", b"partial\n")
         raise self.error
+
+
+# What every answer of POST /v1/sandbox/execute holds.
+FIELDS = {
+    "success",
+    "stdout",
+    "stderr",
+    "exit_code",
+    "execution_id",
+    "duration_ms",
+    "stdout_truncated",
+    "stderr_truncated",
+    "timed_out",
+    "oom_killed",
+    "signal",
+    "sandbox_error",
+}
+
+
+def error_of(response: httpx.Response, status: int, code: str) -> str:
+    """The message, once the status, code and shape are checked."""
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"error"} and set(body["error"]) == {"code", "message"}, body
+    assert body["error"]["code"] == code, body
+    return body["error"]["message"]

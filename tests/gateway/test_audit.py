@@ -7,8 +7,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from tests.gateway.conftest import Gateway, both_backends
-from tests.gateway.test_errors import error_of
+from tests.gateway.conftest import Gateway, both_backends, error_of
 
 
 async def listed(gateway: Gateway, secret: str, **params: str | int) -> dict:

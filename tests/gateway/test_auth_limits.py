@@ -12,8 +12,7 @@ import structlog
 from gateway.errors import RateLimited
 from gateway.limits import Limiter
 from gateway.store import ApiKey
-from tests.gateway.conftest import Gateway, GatewayFactory, both_backends
-from tests.gateway.test_errors import error_of
+from tests.gateway.conftest import Gateway, GatewayFactory, both_backends, error_of
 
 SLEEP = "import time; time.sleep({})"
 

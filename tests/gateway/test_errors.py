@@ -7,7 +7,6 @@ import dataclasses
 from typing import Any
 
 import grpc
-import httpx
 import pytest
 import structlog
 
@@ -15,18 +14,9 @@ from gateway.agents import AgentRejected, AgentUnavailable
 from nodeagent.images import LanguageNotInImage
 from nodeagent.runtime import UnknownSandbox
 from tests.conftest import TIGHT
-from tests.gateway.conftest import SANDBOXES, FailingExecutor, Gateway, GatewayFactory
+from tests.gateway.conftest import SANDBOXES, FailingExecutor, Gateway, GatewayFactory, error_of
 
 MIB = 1 << 20
-
-
-def error_of(response: httpx.Response, status: int, code: str) -> str:
-    """The message, once the status, code and shape are checked."""
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert set(body) == {"error"} and set(body["error"]) == {"code", "message"}, body
-    assert body["error"]["code"] == code, body
-    return body["error"]["message"]
 
 
 @pytest.mark.parametrize(

@@ -7,23 +7,7 @@ import dataclasses
 import json
 
 from tests.conftest import DEFAULT
-from tests.gateway.conftest import SANDBOXES, Gateway, GatewayFactory
-
-FIELDS = {
-    "success",
-    "stdout",
-    "stderr",
-    "exit_code",
-    "execution_id",
-    "duration_ms",
-    "stdout_truncated",
-    "stderr_truncated",
-    "timed_out",
-    "oom_killed",
-    "signal",
-    "sandbox_error",
-}
-
+from tests.gateway.conftest import FIELDS, SANDBOXES, Gateway, GatewayFactory
 
 async def test_first_example_of_the_reference(gateway: Gateway, secret: str) -> None:
     response = await gateway.execute(secret, code="print(sum(range(100)))", language="python")

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.gateway.conftest import Gateway, GatewayFactory
-from tests.gateway.test_errors import error_of
+from tests.gateway.conftest import Gateway, GatewayFactory, error_of
 
 
 async def test_health_and_readiness(make_gateway: GatewayFactory, monkeypatch: pytest.MonkeyPatch) -> None:

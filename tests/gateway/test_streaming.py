@@ -8,9 +8,7 @@ import time
 from typing import Any
 
 from gateway.agents import AgentUnavailable
-from tests.gateway.conftest import FailingExecutor, Gateway, GatewayFactory
-from tests.gateway.test_errors import error_of
-from tests.gateway.test_execute import FIELDS
+from tests.gateway.conftest import FIELDS, FailingExecutor, Gateway, GatewayFactory, error_of
 
 
 async def stream(

@@ -23,7 +23,7 @@ from nodeagent.images.oci import import_oci
 from nodeagent.runtime import Runtime
 from tests.conftest import Runner
 from tests.images.oci_builder import bash_only_layout
-from tests.isolation.test_pool import own_runtime
+from tests.isolation.runtimes import own_runtime
 
 # bash builtins only: the image has no coreutils.
 SHOW_ROOT = 'echo "$BASH_VERSION"; for entry in /*; do echo "${entry#/}"; done; [[ -e /usr/bin/python3 ]] && echo python3 || echo no python3'

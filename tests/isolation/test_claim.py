@@ -22,8 +22,8 @@ import pytest
 from nodeagent.execution import Mount
 from nodeagent.runtime import RequestRejected
 from nodeagent.sandbox import SandboxError
-from tests.isolation.test_pool import WAIT_S
-from tests.isolation.test_semantics import in_sandbox
+from tests.isolation.runtimes import WAIT_S
+from tests.isolation.runtimes import in_sandbox
 
 HOST_UID = 201_000  # sandbox uid 1000 as the host sees it
 

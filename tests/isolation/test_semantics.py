@@ -23,16 +23,13 @@ from pathlib import Path
 import pytest
 
 from nodeagent.runtime import BASE_ENV
-from tests.isolation.test_pool import WAIT_S
+from tests.isolation.runtimes import MODES, call_env, in_sandbox
 
 INTERPRETERS = {
     "python": ("/usr/bin/python3", "-c"),
     "node": ("/usr/bin/node", "-e"),
     "bash": ("/usr/bin/bash", "-c"),
 }
-# A harmless variable each interpreter reads at start-up: setting it forces an exec sandbox.
-COLD_ENV = {"python": {"PYTHONDONTWRITEBYTECODE": "1"}, "node": {"NODE_DISABLE_COLORS": "1"}}
-MODES = ("warm", "cold")
 
 
 @dataclass(frozen=True)
@@ -56,22 +53,6 @@ async def on_host(code: str, language: str, env: dict[str, str], cwd: str | None
     status = proc.returncode
     assert status is not None
     return Ran(out.decode(), err.decode(), 128 - status if status < 0 else status)
-
-
-def call_env(language: str, mode: str, env: dict[str, str] | None = None) -> dict[str, str]:
-    """The call's own environment: a cold start is forced with the language's start-up variable."""
-    return {**(COLD_ENV.get(language, {}) if mode == "cold" else {}), **(env or {})}
-
-
-async def in_sandbox(run, runtime, code: str, language: str, mode: str, env: dict[str, str] | None = None, **fields):  # noqa: ANN001, ANN003
-    """Run in a sandbox started as `mode` says ("startup": `env` itself forces a cold start),
-    and check it really started so."""
-    if mode == "warm":
-        await runtime.pools[("default", language)].wait_full(WAIT_S)
-    outcome = await run(code, language, env=call_env(language, mode, env), **fields)
-    assert outcome.result.error is None, outcome.result.error
-    assert outcome.result.cold_start == (mode != "warm"), f"expected a {mode} start"
-    return outcome
 
 
 async def compare(run, runtime, code: str, language: str, mode: str, env: dict[str, str] | None = None) -> Ran:  # noqa: ANN001

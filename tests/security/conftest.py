@@ -15,7 +15,7 @@ import pytest_asyncio
 from nodeagent.runtime import BASE_ENV
 from tests.conftest import Runner
 from tests.isolation.posture import PROBE, parse, problems
-from tests.isolation.test_limits import limit_problems, run_watched
+from tests.isolation.watch import limit_problems, run_watched
 
 ABUSE_SANDBOX = "tight"
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.isolation.test_limits import Trace, assert_cleaned_up, ending, run_watched
+from tests.isolation.watch import Trace, assert_cleaned_up, ending, run_watched
 
 pytestmark = pytest.mark.abuse
 
