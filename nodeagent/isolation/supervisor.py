@@ -21,6 +21,7 @@ import signal
 import socket
 import struct
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -87,7 +88,7 @@ class Supervisor:
         self.pid_a = self.init_pid = 0
         self.pidfd = self.pidfd_a = self.status_r = -1
         self.ns: injection.Namespaces | None = None
-        self._listening = self._ending = self._busy = False
+        self._listening = self._ending = self._busy = self._cleaned = False
 
     # --- start -----------------------------------------------------------------------------
 
@@ -157,14 +158,14 @@ class Supervisor:
             self._clean_up()
             return
         self._listen()
-        self.reactor.add_reader(self.pidfd, self._on_end)
-        self.reactor.add_reader(self.status_r, self._on_end)
+        self.reactor.add_reader(self.pidfd, self._guarded(self._on_end))
+        self.reactor.add_reader(self.status_r, self._guarded(self._on_end))
         self._send({"event": "started", "pid": self.init_pid})
 
     # --- serve -----------------------------------------------------------------------------
 
     def _listen(self) -> None:
-        self.reactor.add_reader(self.ctl.fileno(), self._on_control)
+        self.reactor.add_reader(self.ctl.fileno(), self._guarded(self._on_control))
         self._listening = True
 
     def _deafen(self) -> None:
@@ -190,14 +191,19 @@ class Supervisor:
         header, payload_len = received[0], received[1]
         op = header.get("op")
         if op == "run":
-            self.run.deadline = self.reactor.call_at(time.monotonic() + float(header["timeout"]), self._on_deadline)
+            deadline = time.monotonic() + float(header["timeout"])
+            self.run.deadline = self.reactor.call_at(deadline, self._guarded(self._on_deadline))
             self.run.collect_home = bool(header.get("collect_home"))
         elif op == "kill":
             self.abandon()
-        elif op in ("mount", "home") and not self._ending:
+        elif op in ("mount", "home") and self._ending:  # too late: one writer, and it reports
+            frames.recv_payload(self.ctl, payload_len)
+            self._send({"event": "error", "op": op, "message": "the sandbox has already ended"})
+        elif op in ("mount", "home"):
             self._deafen()  # the job reads the rest of the frame, and answers
             self._job(lambda: self._claim_job(header, payload_len), self._after_claim)
         else:
+            frames.recv_payload(self.ctl, payload_len)
             self._send({"event": "error", "op": op, "message": f"unknown op {op!r}"})
 
     def _claim_job(self, header: dict[str, Any], payload_len: int) -> None:
@@ -215,6 +221,8 @@ class Supervisor:
             frames.send(self.ctl, {"event": "error", "op": op, "message": str(exc)})
 
     def _after_claim(self) -> None:
+        if self._cleaned:
+            return
         if self._ending:
             self._finish()  # the sandbox ended during the job
         else:
@@ -238,7 +246,33 @@ class Supervisor:
             self._busy = False
             then()
 
-        self.reactor.watch_child(pid, exited)
+        self.reactor.watch_child(pid, self._guarded(exited))
+
+    def _guarded(self, callback: Callable[..., None]) -> Callable[..., None]:
+        """A fault in one sandbox's supervision ends that sandbox, not the spawner's others."""
+
+        def guarded(*args: Any) -> None:
+            try:
+                callback(*args)
+            except Exception as exc:  # noqa: BLE001 - any fault: this sandbox ends, reported
+                traceback.print_exc()
+                self._broken(exc)
+
+        return guarded
+
+    def _broken(self, exc: Exception) -> None:
+        if self._cleaned:
+            return
+        self.abandon()
+        self._ending = True
+        if self.run.deadline is not None:
+            self.run.deadline.cancel()
+        self.reactor.remove_reader(self.pidfd)
+        self.reactor.remove_reader(self.status_r)
+        if not self._busy:  # else the agent sees the socket close once the job is done
+            self._send({"event": "exited", "exit_code": 128 + signal.SIGKILL, "timed_out": self.run.timed_out,
+                        "signal": None, "oom_killed": False, "error": f"sandbox supervision failed: {exc}"})
+        self._clean_up()
 
     def _on_deadline(self) -> None:
         self.run.timed_out = True
@@ -335,6 +369,9 @@ class Supervisor:
 
     def _clean_up(self) -> None:
         """Once B is gone (killed above) nothing of the sandbox may be left in its cgroup."""
+        if self._cleaned:
+            return
+        self._cleaned = True
         self._deafen()
         _wait_exited([fd for fd in (self.pidfd, self.pidfd_a) if fd >= 0])
         for fd in (self.pidfd, self.pidfd_a):

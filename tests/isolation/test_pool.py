@@ -99,6 +99,25 @@ async def test_a_sandbox_refuses_a_second_run(runtime):
     assert sandbox.closed
 
 
+async def test_a_fault_in_one_sandboxs_supervision_ends_only_that_sandbox(run, runtime):
+    """The spawner supervises every sandbox: a control frame it cannot take (a timeout that is
+    not a number) ends that sandbox with an error, and the next call runs as usual."""
+    pool = python_pool(runtime)
+    await pool.wait_full(WAIT_S)
+    sandbox = pool.claim()
+    assert sandbox is not None
+    try:
+        chain = chain_of(sandbox.init_pid)  # type: ignore[arg-type]
+        await sandbox._send({"op": "run", "timeout": "soon"})  # white-box: no caller can send this
+        header, _ = await sandbox._frame()
+        assert header["event"] == "exited" and "sandbox supervision failed" in header["error"], header
+        await wait_until(lambda: not any(map(alive, chain)), "the broken sandbox's processes exited")
+    finally:
+        await sandbox.destroy()
+    outcome = await run("print('unaffected')")
+    assert (outcome.stdout, outcome.exit_code) == ("unaffected\n", 0), outcome.stderr
+
+
 async def test_pool_refills_in_the_background_after_a_claim(runtime):
     pool = python_pool(runtime)
     await pool.wait_full(WAIT_S)
