@@ -32,6 +32,7 @@ class WarmPool:
         self._idle: collections.deque[Sandbox] = collections.deque()
         self._starting = 0
         self._tasks: set[asyncio.Task] = set()
+        self._retries: set[asyncio.Task] = set()  # refills after a failed start, a second later
         self._closed = False
         self.claims = 0
         self.misses = 0
@@ -70,7 +71,9 @@ class WarmPool:
             sandbox = await self._start()
         except (SandboxError, SpawnerError, OSError) as exc:
             log.error("warm sandbox failed to start", pool=self.key, error=str(exc))
-            self._spawn_task(self._refill_later())
+            retry = asyncio.ensure_future(self._refill_later())
+            self._retries.add(retry)
+            retry.add_done_callback(self._retries.discard)
             return
         finally:
             self._starting -= 1
@@ -117,6 +120,8 @@ class WarmPool:
 
     async def close(self) -> None:
         self._closed = True
+        for retry in self._retries:
+            retry.cancel()
         idle, self._idle = list(self._idle), collections.deque()
         await asyncio.gather(*(sandbox.destroy() for sandbox in idle), return_exceptions=True)
         if self._tasks:
