@@ -125,15 +125,14 @@ class Supervisor:
         the launcher's two steps (namespaces, then init): well under a millisecond."""
         up_r, up_w = os.pipe()
         down_r, down_w = os.pipe()
-        status_r, status_w = os.pipe()
+        self.status_r, status_w = os.pipe()  # closed with the sandbox, whatever happens here
         try:
-            self.pid_a = self._spawn_launcher(up_w, down_r, status_w)
-            self.pidfd_a = os.pidfd_open(self.pid_a)
-        finally:
-            for fd in (up_w, down_r, status_w, *self.stdio):
-                os.close(fd)
-        self.status_r = status_r
-        try:
+            try:
+                self.pid_a = self._spawn_launcher(up_w, down_r, status_w)
+                self.pidfd_a = os.pidfd_open(self.pid_a)
+            finally:
+                for fd in (up_w, down_r, status_w, *self.stdio):
+                    os.close(fd)
             if os.read(up_r, 1) != b"u":
                 raise OSError("sandbox namespaces could not be created")
             self._write_id_maps(self.pid_a)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -76,6 +77,12 @@ async def test_sandbox_failure_before_start_is_retried_elsewhere(
             await collect(broken.execute("cold", request))
         assert not failed.value.started
         assert "sandbox failed before the code started" in failed.value.message
+        [spawner] = process.children(b"baponi-spawner")
+        fds = len(os.listdir(f"/proc/{spawner}/fd"))
+        for _ in range(3):  # each failed start gives back every fd it took
+            with pytest.raises(AgentUnavailable):
+                await collect(broken.execute("cold", request))
+        assert len(os.listdir(f"/proc/{spawner}/fd")) == fds
         claims = total_claims(await client.status())
         stdout, _ = await collect(AgentPool([fresh, client]).execute("cold", request, prefer=fresh.address))
         assert stdout == "once\n"
