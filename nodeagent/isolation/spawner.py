@@ -54,14 +54,6 @@ class _Spawner:
         self._count += 1
         return f"s{self._count}"
 
-    def _give_back(self, slot: str) -> None:
-        """A slot is reused only once nothing runs in it."""
-        cgroup = self.driver.slot(slot)
-        if cgroup.pids():
-            cgroup.kill_all()
-        if not cgroup.pids():
-            self._free.append(slot)
-
     def _prepare(self, slot: str, limits: cgroups.Limits) -> cgroups.Cgroup:
         """The slot's cgroup with these limits; written only when they change (most sandboxes
         of a node share one configuration)."""
@@ -72,8 +64,11 @@ class _Spawner:
         self._limits[slot] = limits
         return cgroup
 
-    def _done(self, supervisor: Supervisor) -> None:
-        self._give_back(self.supervisors.pop(supervisor))
+    def _done(self, supervisor: Supervisor, empty: bool) -> None:
+        """A slot is lent again only once its supervisor saw nothing left running in it."""
+        slot = self.supervisors.pop(supervisor)
+        if empty:
+            self._free.append(slot)
 
     def on_agent(self) -> None:
         frame = frames.recv(self.sock, max_fds=_FDS_PER_SPAWN)

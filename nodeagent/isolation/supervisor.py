@@ -80,7 +80,7 @@ class Supervisor:
         ctl: socket.socket,
         stdio: list[int],
         reactor: Reactor,
-        on_done: Callable[[Supervisor], None],
+        on_done: Callable[[Supervisor, bool], None],
     ) -> None:
         self.supervision, self.cgroup, self.launch, self.ctl, self.stdio = supervision, cgroup, launch, ctl, stdio
         self.reactor, self.on_done = reactor, on_done
@@ -263,14 +263,9 @@ class Supervisor:
         if self._cleaned:
             return
         self.abandon()
-        self._ending = True
-        if self.run.deadline is not None:
-            self.run.deadline.cancel()
-        self.reactor.remove_reader(self.pidfd)
-        self.reactor.remove_reader(self.status_r)
+        self._stop_watching()
         if not self._busy:  # else the agent sees the socket close once the job is done
-            self._send({"event": "exited", "exit_code": 128 + signal.SIGKILL, "timed_out": self.run.timed_out,
-                        "signal": None, "oom_killed": False, "error": f"sandbox supervision failed: {exc}"})
+            self._send(self._report(None) | {"oom_killed": False, "error": f"sandbox supervision failed: {exc}"})
         self._clean_up()
 
     def _on_deadline(self) -> None:
@@ -294,15 +289,19 @@ class Supervisor:
 
     # --- end -------------------------------------------------------------------------------
 
-    def _on_end(self) -> None:
-        """The code ended (B wrote its status) or B died: report, then clean up."""
-        if self._ending:
-            return
+    def _stop_watching(self) -> None:
+        """No more news of the sandbox is awaited: its end, from init or from the clock."""
         self._ending = True
         self.reactor.remove_reader(self.pidfd)
         self.reactor.remove_reader(self.status_r)
         if self.run.deadline is not None:
             self.run.deadline.cancel()
+
+    def _on_end(self) -> None:
+        """The code ended (B wrote its status) or B died: report, then clean up."""
+        if self._ending:
+            return
+        self._stop_watching()
         if not self._busy:  # else the job's end finishes: one writer at a time on the socket
             self._finish()
 
@@ -385,9 +384,10 @@ class Supervisor:
         try:
             self._empty_cgroup()
             self.cgroup.release()
+            empty = True
         except cgroups.CgroupError:
-            pass  # the spawner checks the slot before lending it again
-        self.on_done(self)
+            empty = False  # the slot is never lent again
+        self.on_done(self, empty)
 
 
 def _wait_exited(pidfds: list[int]) -> None:
