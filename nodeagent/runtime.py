@@ -202,8 +202,8 @@ class Runtime:
         request = dataclasses.replace(request, env={**BASE_ENV, **request.env})
         pool = self.pools.get((sandbox, request.language))
         claimed = None
-        await self._live_spawner()  # a warm sandbox of a dead spawner is dead too
         if pool is not None and not _needs_cold_start(request.language, request.env):
+            await self._live_spawner()  # a warm sandbox of a dead spawner is dead too
             claimed = pool.claim()
         cold = claimed is None
         instance = claimed or await self._start_sandbox(config, request.language, "exec")
