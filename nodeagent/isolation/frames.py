@@ -87,7 +87,7 @@ def recv(sock: socket.socket, max_fds: int = 0) -> tuple[dict[str, Any], bytes, 
 
 async def read(reader: asyncio.StreamReader) -> tuple[dict[str, Any], bytes] | None:
     """The asyncio side of `recv`, for the agent's event loop. asyncio is imported here, not
-    above: the spawner's memory, which every supervisor copies, stays without it."""
+    above: the spawner's memory, which every job process copies, stays without it."""
     import asyncio
 
     try:

@@ -1,4 +1,4 @@
-"""The spawner's memory is what every sandbox supervisor copies at fork and frees at exit."""
+"""The spawner's memory is what every job process it forks copies at fork and frees at exit."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import json
 import subprocess
 import sys
 
-# Agent-side modules: each would put megabytes into every supervisor's page tables.
+# Agent-side modules: each would put megabytes into every job process's page tables.
 AGENT_ONLY = ("asyncio", "nodeagent.isolation.plan", "nodeagent.isolation.seccomp", "nodeagent.images", "grpc")
 
 
