@@ -163,28 +163,26 @@ static int is(const struct record *record, const char *op) { return strcmp(recor
 
 /* --- B: the filesystem ---------------------------------------------------------------- */
 
-/* mkdir -p, trying the whole path first: the plan's paths mostly share parents that exist
- * (68 /etc/alternatives links), and each failed mkdir of a prefix is a path walk. */
-static void make_dirs(const char *path, mode_t mode) {
-    if (mkdir(path, mode) == 0 || errno == EEXIST) return;
-    if (errno != ENOENT) check(-1, "mkdir", path);
-    char parent[4096];
-    if (snprintf(parent, sizeof parent, "%s", path) >= (int)sizeof parent) fail("path too long: %s", path);
-    char *slash = strrchr(parent, '/');
-    if (!slash || slash == parent) check(-1, "mkdir", path);
-    *slash = '\0';
-    make_dirs(parent, mode);
-    if (mkdir(path, mode) < 0 && errno != EEXIST) check(-1, "mkdir", path);
-}
+static void make_dirs(const char *path, mode_t mode);
 
-static void make_parent(const char *path) {
+/* The directories above `path`, made as make_dirs makes them. */
+static void make_parent(const char *path, mode_t mode) {
     char buf[4096];
     if (snprintf(buf, sizeof buf, "%s", path) >= (int)sizeof buf) fail("path too long: %s", path);
     char *slash = strrchr(buf, '/');
     if (slash && slash != buf) {
         *slash = '\0';
-        make_dirs(buf, 0755);
+        make_dirs(buf, mode);
     }
+}
+
+/* mkdir -p, trying the whole path first: the plan's paths mostly share parents that exist
+ * (68 /etc/alternatives links), and each failed mkdir of a prefix is a path walk. */
+static void make_dirs(const char *path, mode_t mode) {
+    if (mkdir(path, mode) == 0 || errno == EEXIST) return;
+    if (errno != ENOENT) check(-1, "mkdir", path);
+    make_parent(path, mode);
+    if (mkdir(path, mode) < 0 && errno != EEXIST) check(-1, "mkdir", path);
 }
 
 /* Flags a remount inside a user namespace must keep, or the kernel refuses it. */
@@ -211,7 +209,7 @@ static int holds(const char *test, const char *path) {
 }
 
 static void write_file(const char *path, const char *content, size_t length, mode_t mode) {
-    make_parent(path);
+    make_parent(path, 0755);
     int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode);
     check(fd, "open", path);
     while (length > 0) {
@@ -249,7 +247,7 @@ static int filesystem_record(const struct record *r) {
     } else if (is(r, "mkdir")) {
         check(mkdir(arg(r, 1), (mode_t)number(r, 2)), "mkdir", arg(r, 1));
     } else if (is(r, "symlink")) {
-        make_parent(arg(r, 2));
+        make_parent(arg(r, 2), 0755);
         check(symlink(arg(r, 1), arg(r, 2)), "symlink", arg(r, 2));
     } else if (is(r, "file")) {
         write_file(arg(r, 1), arg(r, 3), r->length[3], (mode_t)number(r, 2));
