@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from prometheus_client import CollectorRegistry
 from pydantic import TypeAdapter
 
 from nodeagent.config import SandboxConfig
@@ -53,9 +54,11 @@ def create_app(
     sandboxes: Mapping[str, SandboxConfig],
     settings: Settings,
     ready: Readiness | None = None,
+    metrics_also: Sequence[CollectorRegistry] = (),
 ) -> FastAPI:
-    """`ready` says whether the executor can take work (e.g. an agent is connected); /readyz asks it."""
-    metrics = Metrics()
+    """`ready` says whether the executor can take work (e.g. an agent is connected); /readyz asks
+    it. `metrics_also`: registries served beside the gateway's own on /metrics."""
+    metrics = Metrics(metrics_also)
     runner = Runner(store=store, executor=executor, sandboxes=sandboxes, settings=settings, metrics=metrics)
     deliverer = webhooks.Deliverer(store, settings)
     authenticate = Authenticator(store)

@@ -12,6 +12,9 @@ import httpx
 
 from nodeagent import logs
 from nodeagent.config import ConfigError
+from nodeagent.images import ImageError
+from nodeagent.isolation.launcher import LauncherError
+from nodeagent.isolation.spawner import SpawnerError
 
 from .local import DEFAULT_DATA_DIR, LocalServer, ServeOptions
 from .settings import Settings
@@ -29,10 +32,11 @@ def _serve(args: argparse.Namespace) -> int:
         data_dir=Path(args.data_dir),
         config=Path(args.config) if args.config else None,
         database_url=os.environ.get(DATABASE_URL_ENV),
+        agents=tuple(args.agent or ()),
     )
     try:
         asyncio.run(LocalServer(options).run())
-    except (ConfigError, OSError, ValueError) as exc:
+    except (ConfigError, ImageError, LauncherError, SpawnerError, OSError, ValueError) as exc:
         print(f"baponi: {exc}", file=sys.stderr)
         return 1
     return 0
@@ -102,6 +106,11 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8080)
     serve.add_argument("--data-dir", default=DEFAULT_DATA_DIR)
     serve.add_argument("--config", help="YAML file of Baponi resources (Sandbox); default: the built-in sandbox")
+    serve.add_argument(
+        "--agent", action="append", metavar="ADDRESS",
+        help="a node agent served elsewhere (unix:///path or host:port; repeat for several) to run the code "
+        "instead of the one in this process",
+    )
 
     run = commands.add_parser("exec", help="run code on a running server and print its output")
     run.add_argument("code", help="the code, or - to read it from stdin")

@@ -1,8 +1,9 @@
-"""`baponi serve`: the gateway and one node agent on this machine, with embedded defaults.
+"""`baponi serve`: the gateway and a node agent on this machine, with embedded defaults.
 
-The agent runs as a child process behind gRPC on a Unix socket, exactly as it would on a
-cluster node: if it dies (even mid-call) the gateway answers that call with an error and
-this process starts a new agent, so the next call works.
+The node agent's runtime runs in this process (its spawner, which holds the sandboxes, is a
+child): a local gRPC hop would cost each call about 2 ms. If the spawner dies, even mid-call,
+that call is answered with an error and the next one starts a new spawner. With `--agent`
+the gateway sends calls to node agents served elsewhere over gRPC instead, as in a cluster.
 """
 
 from __future__ import annotations
@@ -11,27 +12,26 @@ import asyncio
 import contextlib
 import os
 import signal
-import sys
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import structlog
 import uvicorn
+from prometheus_client import CollectorRegistry
 
+from nodeagent.config import SandboxConfig
+from nodeagent.metrics import Metrics as AgentMetrics
 from nodeagent.resources import load_documents, sandbox_configs
+from nodeagent.runtime import Runtime
 
-from .agents import AgentClient, AgentPool, AgentUnavailable
-from .app import create_app
+from .agents import AgentClient, AgentPool, EmbeddedAgent
+from .app import Readiness, create_app
+from .runs import Executor
 from .settings import Settings
 from .store import Store, open_store
 
-log = structlog.get_logger("baponi.serve")
-
 DEFAULT_DATA_DIR = "/var/lib/baponi"
 BOOTSTRAP_KEY_ENV = "BAPONI_BOOTSTRAP_API_KEY"
-_AGENT_START_TIMEOUT_S = 120.0
-_AGENT_STOP_GRACE_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -41,65 +41,47 @@ class ServeOptions:
     data_dir: Path = Path(DEFAULT_DATA_DIR)
     config: Path | None = None
     database_url: str | None = None
+    agents: tuple[str, ...] = ()  # gRPC addresses of node agents to use instead of the embedded one
 
 
-class AgentProcess:
-    """The local node agent: started, watched, restarted when it dies, drained on stop."""
+@dataclass(frozen=True)
+class Agents:
+    """What runs the code, whether it can take work (None: always, once started), and the
+    metrics registries it adds to /metrics."""
 
-    def __init__(self, options: ServeOptions) -> None:
-        self.address = f"unix://{options.data_dir / 'agent.sock'}"
-        self._argv = [
-            sys.executable, "-m", "nodeagent.cli", "serve", "--address", self.address,
-            "--data-dir", str(options.data_dir / "agent"), "--die-with-parent",
-        ]
-        if options.config is not None:
-            self._argv += ["--config", str(options.config)]
-        self._process: asyncio.subprocess.Process | None = None
-        self._watcher: asyncio.Task | None = None
-        self._stopping = False
-
-    async def start(self) -> None:
-        self._process = await asyncio.create_subprocess_exec(*self._argv, stdin=asyncio.subprocess.DEVNULL)
-        self._watcher = asyncio.ensure_future(self._watch())
-
-    async def _watch(self) -> None:
-        backoff = 0.5
-        while not self._stopping:
-            assert self._process is not None
-            code = await self._process.wait()
-            if self._stopping:
-                return
-            log.error("node agent exited; starting a new one", exit_code=code, restart_in_s=backoff)
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, 10.0)
-            self._process = await asyncio.create_subprocess_exec(*self._argv, stdin=asyncio.subprocess.DEVNULL)
-
-    async def stop(self) -> None:
-        """SIGTERM: the agent refuses new calls, lets running ones finish, then exits."""
-        self._stopping = True
-        if self._watcher is not None:
-            self._watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watcher
-        if self._process is not None and self._process.returncode is None:
-            self._process.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(self._process.wait(), _AGENT_STOP_GRACE_S + 5)
-            except asyncio.TimeoutError:
-                self._process.kill()
-                await self._process.wait()
+    executor: Executor
+    ready: Readiness | None
+    registries: tuple[CollectorRegistry, ...]
 
 
-async def wait_for_agent(client: AgentClient, timeout: float) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        try:
-            await client.status()
-            return
-        except AgentUnavailable:
-            if asyncio.get_running_loop().time() > deadline:
-                raise OSError(f"the node agent did not come up within {timeout:g} s") from None
-            await asyncio.sleep(0.1)
+@contextlib.asynccontextmanager
+async def embedded_agent(data_dir: Path, configs: list[SandboxConfig]) -> AsyncIterator[Agents]:
+    """The node agent's runtime in this process; its spawner (a child process) holds the
+    sandboxes and stops them if this process dies, even by SIGKILL."""
+    runtime = Runtime(data_dir, configs)
+    await runtime.start()
+    metrics = AgentMetrics()
+    metrics.bind(runtime)
+    try:
+        yield Agents(EmbeddedAgent(runtime, metrics), ready=None, registries=(metrics.registry,))
+    finally:
+        await runtime.close()
+
+
+@contextlib.asynccontextmanager
+async def remote_agents(addresses: Sequence[str]) -> AsyncIterator[Agents]:
+    """Node agents served elsewhere (`baponi-agent serve`), reached over gRPC; ready while one answers."""
+    clients = [AgentClient(address) for address in addresses]
+    pool = AgentPool(clients)
+
+    async def ready() -> bool:
+        await pool.refresh()
+        return any(client.available for client in clients)
+
+    try:
+        yield Agents(pool, ready=ready, registries=())
+    finally:
+        await asyncio.gather(*(client.close() for client in clients))
 
 
 async def ensure_first_key(store: Store, environ: dict[str, str]) -> str | None:
@@ -142,36 +124,29 @@ class LocalServer:
     async def run(self) -> None:
         options = self.options
         documents = load_documents(options.config) if options.config else []
-        sandboxes = {config.name: config for config in sandbox_configs(documents)}
+        configs = sandbox_configs(documents)
         options.data_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(options.data_dir, 0o711)
         store = await open_store(options.database_url, options.data_dir)
-        agent = AgentProcess(options)
-        client: AgentClient | None = None
         try:
             new_secret = await ensure_first_key(store, dict(os.environ))
             settings = Settings.load(options.data_dir)
-            await agent.start()
-            client = AgentClient(agent.address)
-            await wait_for_agent(client, _AGENT_START_TIMEOUT_S)
-
-            async def ready() -> bool:
-                try:
-                    await client.status()
-                    return True
-                except AgentUnavailable:
-                    return False
-
-            app = create_app(store=store, executor=AgentPool([client]), sandboxes=sandboxes, settings=settings, ready=ready)
-            server = _HttpServer(
-                uvicorn.Config(app, host=options.host, port=options.port, log_config=None, access_log=False)
-            )
-            _announce(options, new_secret)
-            await server.serve()
+            agents = remote_agents(options.agents) if options.agents else embedded_agent(options.data_dir / "agent", configs)
+            async with agents as running:
+                app = create_app(
+                    store=store,
+                    executor=running.executor,
+                    sandboxes={config.name: config for config in configs},
+                    settings=settings,
+                    ready=running.ready,
+                    metrics_also=running.registries,
+                )
+                server = _HttpServer(
+                    uvicorn.Config(app, host=options.host, port=options.port, log_config=None, access_log=False)
+                )
+                _announce(options, new_secret)
+                await server.serve()
         finally:
-            await agent.stop()
-            if client is not None:
-                await client.close()
             await store.close()
 
 

@@ -5,6 +5,8 @@ Requests are labelled by route template, never by raw path, to keep the label se
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -13,8 +15,11 @@ _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30,
 
 
 class Metrics:
-    def __init__(self) -> None:
+    """`also`: more registries served on the same /metrics (the embedded node agent's)."""
+
+    def __init__(self, also: Sequence[CollectorRegistry] = ()) -> None:
         self.registry = CollectorRegistry()
+        self.also = list(also)
         self.requests = Counter(
             "http_requests",
             "HTTP requests answered, by route template and status",
@@ -33,7 +38,8 @@ class Metrics:
         self.executions.labels(language, outcome).observe(seconds)
 
     def response(self) -> Response:
-        return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)
+        exposition = b"".join(generate_latest(registry) for registry in (self.registry, *self.also))
+        return Response(exposition, media_type=CONTENT_TYPE_LATEST)
 
     def middleware(self, app: ASGIApp) -> ASGIApp:
         """Counts every HTTP answer, errors that escape the app included (as 500)."""

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import signal
 import sys
 from pathlib import Path
 
@@ -13,7 +11,7 @@ from . import logs
 from .config import ConfigError, SandboxConfig
 from .execution import ExecutionRequest, ExecutionResult, OutputChunk
 from .images import ImageError
-from .isolation import syscalls
+from .isolation.launcher import LauncherError
 from .isolation.spawner import SpawnerError
 from .resources import load_documents, sandbox_configs
 from .runtime import Runtime
@@ -41,25 +39,14 @@ async def _run_once(args: argparse.Namespace) -> int:
         await runtime.close()
 
 
-def _die_with_parent() -> None:
-    """For an agent run by `baponi serve`: if that process dies, even by SIGKILL, drain and stop
-    rather than run on unowned."""
-    parent = os.getppid()
-    syscalls.prctl(syscalls.PR_SET_PDEATHSIG, signal.SIGTERM)
-    if os.getppid() != parent:
-        os.kill(os.getpid(), signal.SIGTERM)
-
-
 def _serve(args: argparse.Namespace) -> int:
     """Serve until SIGTERM (exit 0 after draining); a configuration or start-up failure exits 1."""
-    if args.die_with_parent:
-        _die_with_parent()
     try:
         configs = sandbox_configs(load_documents(Path(args.config))) if args.config else [SandboxConfig()]
         runtime = Runtime(Path(args.data_dir), configs)
         server = AgentServer(runtime, args.address, metrics_address=args.metrics_address, grace=args.grace)
         asyncio.run(server.run())
-    except (ConfigError, ImageError, SpawnerError, OSError) as exc:
+    except (ConfigError, ImageError, LauncherError, SpawnerError, OSError) as exc:
         print(f"baponi-agent: {exc}", file=sys.stderr)
         return 1
     return 0
@@ -80,7 +67,6 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--metrics-address", help="host:port to serve Prometheus metrics on (default: none)")
     serve.add_argument("--grace", type=float, default=30.0, help="seconds running calls get to finish on SIGTERM")
     serve.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
-    serve.add_argument("--die-with-parent", action="store_true", help="stop (draining) when the parent process dies")
     args = parser.parse_args(argv)
     if args.command == "serve":
         logs.configure(args.log_level)

@@ -6,13 +6,18 @@ A registry per agent (not prometheus_client's global one) keeps several agents i
 
 from __future__ import annotations
 
+import contextlib
+import time
+from collections.abc import AsyncIterator
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import start_http_server
 
-from .execution import ExecutionResult, Stream
-from .runtime import Runtime
+from .execution import ExecutionResult, OutputChunk, Stream
+from .runtime import REJECTIONS, Runtime
+
+Event = OutputChunk | ExecutionResult
 
 # Warm calls take milliseconds, cold ones tens to hundreds, the longest run for minutes.
 _DURATION_BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
@@ -63,6 +68,26 @@ class Metrics:
         self.duration.labels(language=language).observe(seconds)
         if result is not None and result.cold_start:
             self.cold_starts.labels(language=language).inc()
+
+    async def count(self, language: str, events: AsyncIterator[Event]) -> AsyncIterator[Event]:
+        """One execution's events, passed on and counted: output bytes, then how it ended. A
+        refused call is not an execution; one cut short by its caller is not counted."""
+        began = time.monotonic()
+        result: ExecutionResult | None = None
+        try:
+            async with contextlib.aclosing(events):  # type: ignore[type-var]
+                async for event in events:
+                    if isinstance(event, OutputChunk):
+                        self.output(event.stream, event.data)
+                    else:
+                        result = event
+                    yield event
+        except REJECTIONS:
+            raise
+        except Exception:
+            self.finished(language, None, time.monotonic() - began)
+            raise
+        self.finished(language, result, time.monotonic() - began)
 
     def serve(self, address: str) -> tuple[str, int]:
         """Serve /metrics over HTTP on `host:port` in a daemon thread; returns the bound address."""

@@ -20,7 +20,7 @@ import structlog
 
 from .config import SandboxConfig
 from .execution import ExecutionRequest, ExecutionResult, OutputChunk
-from .images import Image, ImageError
+from .images import Image, ImageError, LanguageNotInImage
 from .images.default import DEFAULT_IMAGE, default_image
 from .isolation import launcher, seccomp
 from .isolation.cgroups import Limits
@@ -53,6 +53,10 @@ class UnknownSandbox(LookupError):
 
 class RequestRejected(ValueError):
     """The call asks for something its sandbox does not allow."""
+
+
+# Refusals of the call itself, raised before any sandbox is touched: not a sandbox failure.
+REJECTIONS = (UnknownSandbox, RequestRejected, LanguageNotInImage)
 
 
 def _needs_cold_start(language: str, env: dict[str, str]) -> bool:
@@ -153,9 +157,10 @@ class Runtime:
             return self._spawner
         async with self._respawning:
             if not self._spawner.alive:
-                dead, self._spawner = self._spawner, None
+                # The dead one stays in place until its successor is up: a call racing this
+                # one waits on the lock above, and a failed start is retried by the next call.
                 log.error("sandbox spawner died; starting a new one")
-                await asyncio.to_thread(dead.close)
+                await asyncio.to_thread(self._spawner.close)
                 self._spawner = await asyncio.to_thread(Spawner, self.cgroup_parent, self._launcher_path)
                 for pool in self.pools.values():
                     pool.drop_idle()

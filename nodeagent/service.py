@@ -26,7 +26,7 @@ import uuid
 import grpc
 import structlog
 
-from .execution import ExecutionRequest, ExecutionResult, OutputChunk
+from .execution import ExecutionRequest, ExecutionResult
 from .images import LanguageNotInImage
 from .metrics import Metrics, result_label
 from .proto import agent_pb2 as pb
@@ -62,7 +62,6 @@ class NodeAgentService(agent_pb2_grpc.NodeAgentServicer):
         self, sandbox: str, request: ExecutionRequest, context: grpc.aio.ServicerContext
     ) -> Failure | None:
         """Stream one execution to the caller; the failure to report, if any."""
-        began = time.monotonic()
         started = False
         result: ExecutionResult | None = None
 
@@ -73,11 +72,10 @@ class NodeAgentService(agent_pb2_grpc.NodeAgentServicer):
 
         try:
             # aclosing: a cancelled call (the caller went away) destroys its sandbox right here.
-            async with contextlib.aclosing(self.runtime.execute(sandbox, request, on_start=on_start)) as events:
+            events = self.metrics.count(request.language, self.runtime.execute(sandbox, request, on_start=on_start))
+            async with contextlib.aclosing(events):
                 async for event in events:
-                    if isinstance(event, OutputChunk):
-                        self.metrics.output(event.stream, event.data)
-                    else:
+                    if isinstance(event, ExecutionResult):
                         result = event
                     await context.write(event_to_proto(event))
         except UnknownSandbox as exc:
@@ -90,13 +88,11 @@ class NodeAgentService(agent_pb2_grpc.NodeAgentServicer):
             log.info("execution cancelled by the caller", started=started)
             raise
         except Exception as exc:  # noqa: BLE001 - any other failure is the sandbox's, reported by phase
-            self.metrics.finished(request.language, None, time.monotonic() - began)
             log.error("sandbox failed", started=started, error=str(exc), exc_info=True)
             if started:
                 return grpc.StatusCode.INTERNAL, f"sandbox failed after the code started: {exc}"
             return grpc.StatusCode.UNAVAILABLE, f"sandbox failed before the code started (it did not run): {exc}"
         assert result is not None, "an execution always ends with a result"
-        self.metrics.finished(request.language, result, time.monotonic() - began)
         log.info(
             "execution finished",
             result=result_label(result),

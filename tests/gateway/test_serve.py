@@ -1,4 +1,5 @@
-"""`baponi serve` as a user runs it: one process, a real agent child, SQLite, HTTP on localhost."""
+"""`baponi serve` as a user runs it: one process with the node agent's runtime in it (its
+spawner a child), SQLite, HTTP on localhost; and with `--agent`, a node agent served apart."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,13 +36,18 @@ class Served:
     url: str
     data_dir: Path
 
-    def agent_pid(self) -> int:
-        """The node agent child of the server (the one serving its Unix socket)."""
-        children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children").read_text().split()
-        for pid in children:
-            if b"nodeagent.cli" in Path(f"/proc/{pid}/cmdline").read_bytes():
-                return int(pid)
-        raise AssertionError(f"no agent child among {children}")
+    def child_pid(self, marker: bytes) -> int:
+        """The server's child process whose command line holds `marker`."""
+        return _child_of(self.process.pid, marker)
+
+
+def _child_of(parent: int, marker: bytes) -> int:
+    """Of any thread: the spawner is started from a worker thread."""
+    children = [pid for task in Path(f"/proc/{parent}/task").iterdir() for pid in (task / "children").read_text().split()]
+    for pid in children:
+        if marker in _cmdline(pid):
+            return int(pid)
+    raise AssertionError(f"no child with {marker!r} among {children} of {parent}")
 
 
 def _wait_ready(url: str, timeout: float = 90) -> None:
@@ -57,14 +63,14 @@ def _wait_ready(url: str, timeout: float = 90) -> None:
 
 
 @contextlib.contextmanager
-def _serve() -> Iterator[Served]:
+def _serve(*options: str) -> Iterator[Served]:
     data_dir = Path(tempfile.mkdtemp(prefix="baponi-serve-", dir="/tmp"))
     data_dir.chmod(0o711)
     port = _free_port()
     env = {**os.environ, "BAPONI_BOOTSTRAP_API_KEY": KEY}
     env.pop("BAPONI_DATABASE_URL", None)
     process = subprocess.Popen(
-        [*BAPONI, "serve", "--port", str(port), "--data-dir", str(data_dir)],
+        [*BAPONI, "serve", "--port", str(port), "--data-dir", str(data_dir), *options],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     url = f"http://127.0.0.1:{port}"
@@ -127,29 +133,71 @@ def test_keys_create_list_revoke(served: Served) -> None:
     assert refused.status_code == 401
 
 
-def test_an_agent_killed_mid_call_fails_that_call_only(served: Served) -> None:
-    """The caller gets an error, the thread lock is released, and a new agent takes the next call."""
+def _call_and_kill(url: str, victim: Callable[[], int]) -> httpx.Response:
+    """A long call on a thread, and `victim()` SIGKILLed while it runs."""
 
     async def call_and_kill() -> httpx.Response:
         async with httpx.AsyncClient(timeout=60) as client:
             pending = asyncio.ensure_future(
                 client.post(
-                    f"{served.url}/v1/sandbox/execute",
-                    json={"code": "import time; time.sleep(20)", "thread_id": "killed-thread"},
+                    f"{url}/v1/sandbox/execute",
+                    json={"code": "print('started', flush=True); import time; time.sleep(20)", "thread_id": "killed"},
                     headers={"Authorization": f"Bearer {KEY}"},
                 )
             )
             await asyncio.sleep(1.5)
-            os.kill(served.agent_pid(), signal.SIGKILL)
+            os.kill(victim(), signal.SIGKILL)
             return await pending
 
-    response = asyncio.run(call_and_kill())
+    return asyncio.run(call_and_kill())
+
+
+def test_the_spawner_killed_mid_call_fails_that_call_only(served: Served) -> None:
+    """The spawner holds the sandboxes: the caller gets an error, the thread lock is released,
+    and a new spawner takes the next call."""
+    spawner = served.child_pid(b"baponi-spawner")
+    response = _call_and_kill(served.url, lambda: spawner)
     assert response.status_code == 502, response.text
     assert response.json()["error"]["code"] == "agent_failed"
-    _wait_ready(served.url)
-    again = _execute(served, code="print('after')", thread_id="killed-thread")
+    again = _execute(served, code="print('after')", thread_id="killed")
     assert again.status_code == 200, again.text
     assert again.json()["stdout"] == "after\n"
+    assert served.child_pid(b"baponi-spawner") != spawner
+
+
+@contextlib.contextmanager
+def _agent(socket_path: Path, data_dir: Path) -> Iterator[subprocess.Popen]:
+    agent = subprocess.Popen(
+        [sys.executable, "-m", "nodeagent.cli", "serve", "--address", f"unix://{socket_path}", "--data-dir", str(data_dir)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        yield agent
+    finally:
+        if agent.poll() is None:
+            agent.send_signal(signal.SIGTERM)
+            agent.wait(timeout=60)
+
+
+def test_with_a_separate_agent_one_killed_mid_call_fails_that_call_only() -> None:
+    """`--agent`: calls go over gRPC to a node agent served apart. Killed mid-call, it fails
+    that call (502, the lock released); not ready while it is down; served again, it takes
+    the next call."""
+    root = Path(tempfile.mkdtemp(prefix="baponi-agent-", dir="/tmp"))
+    root.chmod(0o711)  # sandboxes traverse it to the agent's data
+    socket_path = root / "agent.sock"
+    with _agent(socket_path, root / "agent") as agent, _serve("--agent", f"unix://{socket_path}") as served:
+        assert _execute(served, code="print('via grpc')").json()["stdout"] == "via grpc\n"
+        response = _call_and_kill(served.url, lambda: agent.pid)
+        assert response.status_code == 502, response.text
+        assert response.json()["error"]["code"] == "agent_failed"
+        assert httpx.get(f"{served.url}/readyz", timeout=10).status_code == 503
+        with _agent(socket_path, root / "agent"):
+            _wait_ready(served.url)
+            again = _execute(served, code="print('after')", thread_id="killed")
+            assert again.status_code == 200, again.text
+            assert again.json()["stdout"] == "after\n"
+    shutil.rmtree(root, ignore_errors=True)
 
 
 def test_sigterm_stops_the_server_cleanly(served: Served) -> None:
@@ -169,13 +217,15 @@ def _cmdline(pid: str) -> bytes:
         return b""
 
 
-def test_the_agent_stops_when_serve_is_killed() -> None:
-    """Even a SIGKILLed `baponi serve` leaves no node agent (nor its sandboxes) running."""
+def test_the_sandboxes_stop_when_serve_is_killed() -> None:
+    """Even a SIGKILLed `baponi serve` leaves no spawner nor sandbox running."""
     with _serve() as server:
-        agent = server.agent_pid()
+        spawner = server.child_pid(b"baponi-spawner")
+        sandboxes = Path(f"/proc/{spawner}/task/{spawner}/children").read_text().split()
+        assert sandboxes, "the warm pools have sandboxes"
         server.process.kill()
         server.process.wait(timeout=10)
         deadline = time.monotonic() + 30
-        while Path(f"/proc/{agent}").exists() and _cmdline(str(agent)):
-            assert time.monotonic() < deadline, "the orphaned agent kept running"
+        while alive := [pid for pid in (str(spawner), *sandboxes) if _cmdline(pid)]:
+            assert time.monotonic() < deadline, f"left running: {alive}"
             time.sleep(0.1)
