@@ -104,6 +104,14 @@ def test_the_first_example_of_the_reference(served: Served) -> None:
     assert payload["execution_id"]
 
 
+def test_metrics_show_the_gateway_and_its_node_agent(served: Served) -> None:
+    assert _execute(served, code="print(3)", language="python").status_code == 200
+    text = httpx.get(f"{served.url}/metrics").text
+    assert 'http_requests_total{route="/v1/sandbox/execute",status="200"}' in text
+    assert 'baponi_agent_executions_total{language="python",result="success"}' in text
+    assert 'baponi_agent_pool_idle{pool="default/python"}' in text
+
+
 def test_baponi_exec_prints_output_and_returns_the_exit_code(served: Served) -> None:
     result = subprocess.run(
         [*BAPONI, "exec", "--url", served.url, "--language", "bash", "echo out; echo err >&2; exit 3"],
