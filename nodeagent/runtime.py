@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import fcntl
 import hashlib
 import os
 import stat
@@ -47,6 +48,11 @@ _STARTUP_ENV = {"python": ("PYTHON", "LANG", "LC_"), "node": ("NODE_", "UV_", "L
 _RECYCLE_EVERY_S = 5.0
 
 
+class DataDirInUse(OSError):
+    """Another agent runs on this data directory: its sandboxes' cgroups are named after it,
+    and a second agent would clear them as a crashed agent's leftovers."""
+
+
 class UnknownSandbox(LookupError):
     """The call names a sandbox configuration this agent does not have."""
 
@@ -57,6 +63,18 @@ class RequestRejected(ValueError):
 
 # Refusals of the call itself, raised before any sandbox is touched: not a sandbox failure.
 REJECTIONS = (UnknownSandbox, RequestRejected, LanguageNotInImage)
+
+
+def _lock(path: Path) -> int:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise DataDirInUse(
+            f"another node agent is running on {path.parent}; stop it, or give this one another data directory"
+        ) from None
+    return fd
 
 
 def _needs_cold_start(language: str, env: dict[str, str]) -> bool:
@@ -100,6 +118,7 @@ class Runtime:
         # One plan per (config, language, mode): it holds nothing that differs between sandboxes.
         self._plans: dict[tuple[str, str, str], bytes] = {}
         self._recycler: asyncio.Task | None = None
+        self._lock = -1  # the data directory's lock, held from start() to close()
 
     @property
     def cgroup_parent(self) -> str:
@@ -112,6 +131,7 @@ class Runtime:
 
     async def start(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._lock = _lock(self.data_dir / "agent.lock")
         self.stage_dir.mkdir(mode=0o711, exist_ok=True)
         os.chmod(self.stage_dir, 0o711)
         _check_traversable(self.stage_dir)
@@ -256,3 +276,6 @@ class Runtime:
         await asyncio.gather(*(pool.close() for pool in self.pools.values()))
         if self._spawner is not None:
             await asyncio.to_thread(self._spawner.close)
+        if self._lock >= 0:
+            os.close(self._lock)
+            self._lock = -1

@@ -164,6 +164,7 @@ class Sandbox:
             _OutputReader(self.pipes.stderr, "stderr", self.output_limit, queue),
         ]
         started = time.monotonic()
+        getter: asyncio.Future | None = None  # set before the try: its clean-up reads it
         try:
             await self._send({"op": "run", "timeout": request.timeout, "collect_home": request.collect_home})
             await _write_all(self.pipes.stdin, wire_request.encode(request.code, request.env))
@@ -171,7 +172,6 @@ class Sandbox:
             self.pipes.stdin = -1
             outputs = asyncio.gather(*(r.done for r in readers))
             self._exited = asyncio.ensure_future(self._frame())
-            getter: asyncio.Future | None = None
             while not (outputs.done() and queue.empty()):
                 getter = asyncio.ensure_future(queue.get())
                 await asyncio.wait({getter, outputs}, return_when=asyncio.FIRST_COMPLETED)

@@ -9,6 +9,7 @@ import dataclasses
 import glob
 import json
 import os
+import shutil
 import signal
 import time
 
@@ -16,7 +17,7 @@ import pytest
 
 from nodeagent.config import SandboxConfig
 from nodeagent.execution import ExecutionRequest
-from nodeagent.runtime import BASE_ENV
+from nodeagent.runtime import BASE_ENV, DataDirInUse, Runtime
 from nodeagent.sandbox import SandboxError
 from tests.conftest import Runner
 
@@ -211,6 +212,44 @@ async def test_a_dead_spawner_is_replaced_and_its_pools_refilled():
         await runtime.wait_warm(WAIT_S)
         fresh = [chain_of(s.init_pid) for pool in runtime.pools.values() for s in pool._idle]  # type: ignore[arg-type]
         assert all(supervisor_of(chain[0].pid).pid == runtime._spawner._process.pid for chain in fresh)  # type: ignore[union-attr]
+
+
+async def test_a_sandbox_whose_spawner_died_fails_with_what_broke():
+    """Its control socket is gone: the run says so (not a fault of its own clean-up)."""
+    async with own_runtime(SandboxConfig(name="orphaned", warm=1)) as runtime:
+        await runtime.wait_warm(WAIT_S)
+        sandbox = runtime.pools[("orphaned", "python")].claim()
+        assert sandbox is not None
+        chain = chain_of(sandbox.init_pid)  # type: ignore[arg-type]
+        os.kill(runtime._spawner._process.pid, signal.SIGKILL)  # type: ignore[union-attr]  # white-box
+        await wait_until(lambda: not any(alive(p) for p in chain), "the sandbox died with its spawner")
+        request = ExecutionRequest("print(1)", timeout=10)
+        await sandbox.prepare(request)
+        with pytest.raises(ConnectionError):
+            async for _ in sandbox.run(request):
+                pass
+        await sandbox.destroy()
+
+
+async def test_a_second_agent_on_the_same_data_dir_is_refused_and_harms_nothing():
+    """Sandbox cgroups are named after the data directory: a second agent there would clear
+    the first one's as leftovers of a crash. It refuses to start instead, and once the first
+    has closed, an agent starts there again."""
+    async with own_runtime(SandboxConfig(name="first", warm=1)) as runtime:
+        await runtime.wait_warm(WAIT_S)
+        second = Runtime(runtime.data_dir, [SandboxConfig(name="first", warm=1)])
+        with pytest.raises(DataDirInUse, match="another node agent is running on"):
+            await second.start()
+        await second.close()
+        outcome = await Runner(runtime)("print('unharmed')", sandbox="first")
+        assert (outcome.stdout, outcome.result.cold_start) == ("unharmed\n", False)
+        data_dir = runtime.data_dir
+    again = Runtime(data_dir, [SandboxConfig(name="first", warm=0)])
+    try:
+        await again.start()
+    finally:
+        await again.close()
+        shutil.rmtree(data_dir, ignore_errors=True)
 
 
 async def test_close_leaves_no_process_or_cgroup_behind():
