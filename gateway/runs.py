@@ -25,6 +25,7 @@ from nodeagent.config import SandboxConfig
 from nodeagent.execution import ExecutionRequest, ExecutionResult, OutputChunk
 
 from . import audit
+from .agents import AgentUnavailable
 from .errors import ApiError, InternalError, InvalidRequest, SandboxUnavailable, ThreadBusy, from_executor
 from .limits import Limiter, Slot
 from .metrics import Metrics
@@ -247,15 +248,22 @@ class Run:
 
     async def _attempt(self, decoder: Decoder) -> ExecutionResult:
         result = None
+        grace = self.runner.settings.result_grace_s
         execution = self.runner.executor.execute(self.key.sandbox, self.request, on_start=self._start)
-        async with contextlib.aclosing(execution) as events:  # type: ignore[type-var]
-            async for event in events:
-                if isinstance(event, ExecutionResult):
-                    result = event
-                    continue
-                await self._start()  # an executor that never calls on_start still starts first
-                if text := decoder.feed(event.stream, event.data):
-                    self._events.put_nowait(Output(event.stream, text))
+        try:
+            async with asyncio.timeout(self.request.timeout + grace), contextlib.aclosing(execution) as events:  # type: ignore[type-var]
+                async for event in events:
+                    if isinstance(event, ExecutionResult):
+                        result = event
+                        continue
+                    await self._start()  # an executor that never calls on_start still starts first
+                    if text := decoder.feed(event.stream, event.data):
+                        self._events.put_nowait(Output(event.stream, text))
+        except TimeoutError:
+            raise AgentUnavailable(
+                f"no result {grace:g} s after the code's {self.request.timeout:g} s timeout; the call was ended "
+                "and its sandbox killed", started=self._started,
+            ) from None
         if result is None:
             raise RuntimeError("the executor ended without a result")
         return result

@@ -40,6 +40,9 @@ class Settings:
     deliver_webhooks: bool = True
     # On shutdown, running executions get this long to end before they are cancelled.
     shutdown_grace_s: float = 25.0
+    # An agent reports the end of the code by its timeout (it kills it then) plus sandbox work
+    # (start, home archive). Past this much more, the call is ended here: its lock and slot freed.
+    result_grace_s: float = 30.0
 
     @classmethod
     def load(cls, data_dir: Path, environ: Mapping[str, str] = os.environ, **overrides: Any) -> Settings:

@@ -14,6 +14,9 @@ from .isolation.spawner import SandboxPipes
 from .isolation.spec import SandboxSpec
 
 _READ_SIZE = 1 << 16
+# A kill is done in milliseconds; a spawner that has not confirmed it by then is stuck, and
+# closing our end of the control socket still has it kill the sandbox once it reads again.
+_KILL_CONFIRM_S = 5.0
 
 
 class SandboxError(Exception):
@@ -209,14 +212,15 @@ class Sandbox:
             return
         try:
             if self._writer is not None and not self._finished:
-                await self._send({"op": "kill"})
-                # A run cut short still has its read of the final frame pending: reuse it,
-                # a second reader on the same stream is an error.
-                pending, self._exited = self._exited, None
-                header = (await pending)[0] if pending is not None else {}
-                while header.get("event") != "exited":
-                    header = (await self._frame())[0]
-        except (SandboxError, frames.FrameError, ConnectionError):
+                async with asyncio.timeout(_KILL_CONFIRM_S):
+                    await self._send({"op": "kill"})
+                    # A run cut short still has its read of the final frame pending: reuse it,
+                    # a second reader on the same stream is an error.
+                    pending, self._exited = self._exited, None
+                    header = (await pending)[0] if pending is not None else {}
+                    while header.get("event") != "exited":
+                        header = (await self._frame())[0]
+        except (SandboxError, frames.FrameError, ConnectionError, TimeoutError):
             pass
         finally:
             self.close()

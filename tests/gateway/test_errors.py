@@ -3,7 +3,10 @@ one JSON shape; executor failures included."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import os
+import signal
 from typing import Any
 
 import grpc
@@ -13,8 +16,9 @@ import structlog
 from gateway.agents import AgentRejected, AgentUnavailable
 from nodeagent.images import LanguageNotInImage
 from nodeagent.runtime import UnknownSandbox
-from tests.conftest import TIGHT
+from tests.conftest import DEFAULT, TIGHT
 from tests.gateway.conftest import SANDBOXES, FailingExecutor, Gateway, GatewayFactory, error_of
+from tests.isolation.runtimes import WAIT_S, own_runtime
 
 MIB = 1 << 20
 
@@ -204,3 +208,30 @@ async def test_executor_failures(
         records = await gateway.store.list_executions(await gateway.key_id(secret), metadata={"case": code})
         assert [r.error.split(":")[0] for r in records if r.error] == [code]
         assert records[0].success is False and records[0].exit_code is None
+
+
+async def test_a_call_whose_agent_stops_answering_ends_after_its_timeout_and_the_grace(
+    make_gateway: GatewayFactory,
+) -> None:
+    """The spawner frozen (SIGSTOP) mid-call: nothing below the gateway enforces the code's
+    timeout any more. The gateway ends the call once its timeout and `result_grace_s` have
+    passed (502), and the thread is free for the next call."""
+    config = dataclasses.replace(DEFAULT, warm=1)
+    async with own_runtime(config) as runtime, make_gateway(
+        executor=runtime, sandboxes={"default": config}, result_grace_s=1.0
+    ) as gateway:
+        await runtime.wait_warm(WAIT_S)
+        secret = await gateway.key()
+        spawner = runtime._spawner._process.pid  # type: ignore[union-attr]  # white-box: the process to freeze
+        call = asyncio.ensure_future(
+            gateway.execute(secret, code="import time; time.sleep(30)", timeout=1, thread_id="frozen")
+        )
+        await asyncio.sleep(0.5)
+        os.kill(spawner, signal.SIGSTOP)
+        try:
+            response = await asyncio.wait_for(call, 20)  # the guard answers in ~7 s (1 + 1 + kill wait)
+        finally:
+            os.kill(spawner, signal.SIGCONT)
+        assert "no result 1 s after the code's 1 s timeout" in error_of(response, 502, "agent_failed")
+        again = await gateway.execute(secret, code="print('free')", thread_id="frozen")
+        assert (again.status_code, again.json()["stdout"]) == (200, "free\n"), again.text
