@@ -8,9 +8,12 @@ def _baponi_bootstrap():
     import gc
     import os
     import site
+    import stat
     import sys
 
     compile("pass", "<string>", "exec")  # the compiler's first use costs ~2 ms: pay it ahead
+    if stat.S_ISSOCK(os.fstat(3).st_mode):  # a zygote (nodeagent/isolation/zygote.py)
+        _baponi_zygote()  # returns in a sandbox, forked from it: what follows is the same
     gc.freeze()  # what exists now is never garbage: the final collection only scans the code's
     os.write(3, b"R")
     os.close(3)
@@ -71,6 +74,44 @@ def _baponi_bootstrap():
         sys.excepthook(type(error), error, error.__traceback__)
         outcome.update(status=1, sigint=isinstance(error, KeyboardInterrupt))
         del error
+
+
+def _baponi_zygote():
+    """Fork a sandbox for each request of the spawner, until it closes the socket; returns
+    only in a sandbox's code process, with the interpreter as a fresh start would have it."""
+    import ctypes
+    import gc
+    import os
+    import signal
+    import site
+    import socket
+
+    os.closerange(4, os.sysconf("SC_OPEN_MAX"))  # what the spawner held when it started us
+    spawner = socket.socket(fileno=os.dup(3))
+    os.close(3)  # in each sandbox, fd 3 is its ready pipe
+    spawn = ctypes.PyDLL(spawner.recv(4096).decode()).baponi_zygote_spawn  # PyDLL: the GIL stays held
+    spawn.argtypes, spawn.restype = [ctypes.c_int * 8], ctypes.c_int
+    gc.freeze()  # shared by every sandbox: no collection there touches (so copies) these pages
+    spawner.sendall(b"R")
+    while True:
+        _, fds, _, _ = socket.recv_fds(spawner, 1, 8)
+        if len(fds) != 8:
+            os._exit(0)  # the spawner is gone (or broke the protocol): so is every sandbox
+        pid = spawn((ctypes.c_int * 8)(*fds))
+        if pid == 0:
+            break
+        for fd in fds:
+            os.close(fd)
+        spawner.sendall(str(pid).encode())
+    # In C of the sandbox: the launcher closed every other fd, dropped privileges and reset
+    # the signal dispositions. Now what os.fork() does for Python, then the dispositions
+    # python sets at start-up.
+    ctypes.pythonapi.PyOS_AfterFork_Child()
+    spawner.detach()
+    site.USER_BASE = site.USER_SITE = None  # the zygote's were made from another home
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    for quiet in (signal.SIGPIPE, signal.SIGXFSZ):
+        signal.signal(quiet, signal.SIG_IGN)
 
 
 def _die_by_sigint():

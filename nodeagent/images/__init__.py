@@ -30,7 +30,9 @@ class Image:
     With `rootfs` set, that directory (already holding every mount point) is the root.
     Without it, the root is a fresh tmpfs per sandbox, populated with `symlinks` and
     `etc_files`, so nothing of the host's directory layout shows in mountinfo.
-    `binds` are (host path, path inside) pairs mounted read-only on top.
+    `binds` are (host path, path inside) pairs mounted read-only on top. `host_interpreters`:
+    each interpreter is the host's own file at the same path, so one started on the host is
+    the one a sandbox would start (its warm sandboxes may be forked from a zygote).
     """
 
     name: str
@@ -39,6 +41,7 @@ class Image:
     binds: tuple[tuple[str, str], ...] = ()
     symlinks: tuple[tuple[str, str], ...] = ()
     etc_files: dict[str, bytes] = field(default_factory=dict)
+    host_interpreters: bool = False
 
     @property
     def languages(self) -> tuple[str, ...]:

@@ -88,4 +88,5 @@ def default_image(host_root: Path = Path("/")) -> Image:
         binds=((str(usr), "/usr"),),
         symlinks=_root_links(host_root) + _alternatives(host_root),
         etc_files=etc,
+        host_interpreters=host_root.resolve() == Path("/"),
     )

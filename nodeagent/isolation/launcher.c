@@ -15,6 +15,11 @@
  * fds: 0-2 the sandbox's stdio, 3 ready pipe, 4 plan, 5 to the supervisor, 6 from the
  * supervisor, 7 the code's wait status (4 bytes, network order). Exit codes: 110-111 and 114
  * namespace entry (A), 112 sandbox set-up (B), 113 the interpreter's start (C).
+ *
+ * Built with -DBAPONI_LIBRARY it is also a shared library for a zygote: an interpreter that
+ * has already started calls baponi_zygote_spawn(), which makes A a sibling of the zygote
+ * (CLONE_PARENT: the supervisor's child, as when it is spawned) and in C, instead of the
+ * plan's exec, returns 0 into the interpreter, now inside the sandbox.
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -33,6 +38,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
 #include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
@@ -61,6 +67,7 @@ struct plan {
 };
 
 static int fail_code = EXIT_ENTRY;
+static int in_zygote = 0; /* C returns to the zygote's interpreter instead of exec'ing one */
 static const char *fail_prefix = "baponi: sandbox setup failed";
 
 static void fail(const char *format, ...) {
@@ -354,6 +361,7 @@ static void process_records(const struct plan *plan, int from) {
             if (env_count == MAX_FIELDS * 4) fail("too many environment records");
             env[env_count++] = r->field[1];
         } else if (is(r, "exec")) {
+            if (in_zygote) return; /* the interpreter this exec would start is already running */
             char *argv[MAX_FIELDS];
             for (int a = 1; a < r->count; a++) argv[a - 1] = r->field[a];
             argv[r->count - 1] = NULL;
@@ -361,6 +369,7 @@ static void process_records(const struct plan *plan, int from) {
             execve(argv[0], argv, env);
             fail("execve %s: %s", argv[0], strerror(errno));
         } else if (is(r, "exec_request")) {
+            if (in_zygote) fail("a zygote runs no exec_request plan");
             exec_request(r);
         } else {
             fail("unknown process record %s", r->field[0]);
@@ -381,6 +390,7 @@ static void close_all_but(int keep) {
     close_from(keep + 1);
 }
 
+/* Returns only in a zygote's child, ready to run the code. */
 static void stage_c(const struct plan *plan, int from, const char *language) {
     static char prefix[128];
     snprintf(prefix, sizeof prefix, "baponi: cannot start %s", language);
@@ -399,6 +409,7 @@ static void stage_b(const struct plan *plan) {
     if (child == 0) {
         close(FD_STATUS);
         stage_c(plan, i + 1, arg(&plan->records[i], 1));
+        return;
     }
     close_all_but(FD_STATUS);
     int code_status = 0, have_status = 0;
@@ -432,8 +443,9 @@ static void reset_signals(void) {
 }
 
 /* A: enter the namespaces (the supervisor, root on the host, writes our id maps), then stay
- * as B's parent: B dies with A (parent-death signal), and A with the supervisor. */
-int main(void) {
+ * as B's parent: B dies with A (parent-death signal), and A with the supervisor. Returns
+ * only in C of a zygote's sandbox. */
+static void launch(void) {
     reset_signals();
     close_from(FD_STATUS + 1);
     size_t size;
@@ -459,10 +471,60 @@ int main(void) {
         close(FD_DOWN);
         check(prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0), "PR_SET_PDEATHSIG", NULL);
         stage_b(&plan);
+        return;
     }
     dprintf(FD_UP, "%d", init);
     close_from(0);
     while (waitpid(init, NULL, 0) < 0 && errno == EINTR) {
     }
+    _exit(0);
+}
+
+#ifdef BAPONI_LIBRARY
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23
+#endif
+
+/* Give this process its own copy of every private writable page now, while the sandbox is
+ * idle: the interpreter writes to many of them (reference counts) when it runs the code, and
+ * each first write to a page shared with the zygote would be a fault and a copy then. This
+ * copies ~6 MiB (~2 ms of CPU a sandbox, still far below an interpreter's start) and takes
+ * ~0.5 ms off the claim; left to copy on write, executions per second were ~15% higher. */
+static void own_private_pages(void) {
+    FILE *maps = fopen("/proc/self/maps", "r");
+    if (!maps) return; /* an optimisation only */
+    char line[512];
+    while (fgets(line, sizeof line, maps)) {
+        unsigned long start, end;
+        char perms[5];
+        if (sscanf(line, "%lx-%lx %4s", &start, &end, perms) == 3 && strcmp(perms, "rw-p") == 0)
+            madvise((void *)start, end - start, MADV_POPULATE_WRITE);
+    }
+    fclose(maps);
+}
+
+/* In the zygote: A's pid (or -1); in the sandbox's C, 0. `fds` are A's fds 0-7 (see the
+ * top), in order. A raw clone, as glibc's fork cannot take CLONE_PARENT: A then runs only
+ * this file's code, and its own forks (glibc's) give B and C a consistent C library. */
+int baponi_zygote_spawn(const int fds[8]) {
+    pid_t a = (pid_t)syscall(SYS_clone, CLONE_PARENT | SIGCHLD, 0, NULL, NULL, 0);
+    if (a != 0) return (int)a;
+    int high[8];
+    for (int i = 0; i < 8; i++) { /* via high numbers: a source may sit on another's target */
+        high[i] = fcntl(fds[i], F_DUPFD, 64);
+        if (high[i] < 0) _exit(EXIT_ENTRY);
+    }
+    for (int i = 0; i < 8; i++) {
+        if (dup2(high[i], i) < 0) _exit(EXIT_ENTRY);
+    }
+    in_zygote = 1;
+    launch();
+    own_private_pages();
     return 0;
 }
+#else
+int main(void) {
+    launch(); /* never returns here: C execs the code's interpreter */
+    return EXIT_START;
+}
+#endif

@@ -32,23 +32,35 @@ def _compiler() -> str:
     )
 
 
+def library_of(executable: Path | str) -> Path:
+    """The zygotes' shared-library build that `ensure` made beside the executable."""
+    return Path(f"{executable}.so")
+
+
 def ensure(directory: Path) -> Path:
-    """The launcher for this source in `directory`, building it there first if needed."""
+    """The launcher for this source in `directory` (and its library, `library_of`), building
+    them there first if needed."""
     source = SOURCE.read_bytes()
     target = directory / (_PREFIX + hashlib.sha256(source).hexdigest()[:16])
-    if target.exists():
+    library = library_of(target)
+    if target.exists() and library.exists():
         return target
     directory.mkdir(parents=True, exist_ok=True)
-    partial = directory / f".{target.name}.{os.getpid()}"
+    _build(library, ("-DBAPONI_LIBRARY", "-shared", "-fPIC"))
+    _build(target, ())
+    for old in directory.glob(_PREFIX + "*"):  # builds of earlier versions
+        if old not in (target, library):
+            old.unlink(missing_ok=True)
+    return target
+
+
+def _build(target: Path, flags: tuple[str, ...]) -> None:
+    partial = target.with_name(f".{target.name}.{os.getpid()}")
     result = subprocess.run(
-        [_compiler(), *_FLAGS, "-o", str(partial), str(SOURCE)], capture_output=True, text=True, check=False
+        [_compiler(), *_FLAGS, *flags, "-o", str(partial), str(SOURCE)], capture_output=True, text=True, check=False
     )
     if result.returncode != 0:
         partial.unlink(missing_ok=True)
         raise LauncherError(f"building the sandbox launcher failed:\n{result.stderr.strip()}")
     partial.chmod(0o755)
     os.replace(partial, target)
-    for old in directory.glob(_PREFIX + "*"):  # builds of earlier versions
-        if old != target:
-            old.unlink(missing_ok=True)
-    return target

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 
-from ..bootstrap import BOOTSTRAPS
 from . import mounts
 from .layout import HOME, SANDBOX_GID, SANDBOX_UID
 from .spec import SandboxSpec
@@ -54,11 +53,6 @@ def exec_argv(language: str, interpreter: str) -> list[str]:
     return [interpreter, *flag]
 
 
-def warm_argv(language: str, interpreter: str, bootstrap: str) -> list[str]:
-    """The interpreter started ahead with Baponi's bootstrap, which then waits for the code."""
-    return [interpreter, {"python": "-c", "node": "-e"}[language], bootstrap]
-
-
 def sandbox_plan(spec: SandboxSpec, bpf: bytes) -> bytes:
     """Everything one sandbox does between its namespaces and its interpreter."""
     plan = Plan()
@@ -74,11 +68,11 @@ def sandbox_plan(spec: SandboxSpec, bpf: bytes) -> bytes:
     plan.add("umask", 0o022)
     plan.add("chdir", HOME)
     plan.add("seccomp", bpf)
-    interpreter = spec.image.interpreter(spec.language)
     if spec.mode == "warm":
-        for name, value in spec.base_env.items():
-            plan.add("env", f"{name}={value}")
-        plan.add("exec", *warm_argv(spec.language, interpreter, BOOTSTRAPS[spec.language]))
+        argv, env = spec.warm_start
+        for item in env:
+            plan.add("env", item)
+        plan.add("exec", *argv)
     else:
-        plan.add("exec_request", *exec_argv(spec.language, interpreter))
+        plan.add("exec_request", *exec_argv(spec.language, spec.image.interpreter(spec.language)))
     return plan.encode()

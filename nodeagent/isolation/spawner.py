@@ -23,8 +23,10 @@ import setproctitle
 
 from . import cgroups, frames
 from . import syscalls as sc
+from .launcher import library_of
 from .reactor import Reactor
 from .supervisor import Launch, Supervision, Supervisor
+from .zygote import Zygote
 
 _FDS_PER_SPAWN = 5
 
@@ -47,6 +49,16 @@ class _Spawner:
         self._free: list[str] = []
         self._limits: dict[str, cgroups.Limits] = {}  # what each slot was last prepared with
         self._count = 0
+        self._zygotes: dict[tuple[tuple[str, ...], tuple[str, ...]], Zygote] = {}
+
+    def _zygote(self, supervision: Supervision) -> Zygote | None:
+        """The zygote of the sandbox's interpreter, if it is to be forked from one."""
+        if supervision.zygote is None:
+            return None
+        if supervision.zygote not in self._zygotes:
+            argv, env = supervision.zygote
+            self._zygotes[supervision.zygote] = Zygote(list(argv), list(env), str(library_of(self.launcher)))
+        return self._zygotes[supervision.zygote]
 
     def _take_slot(self) -> str:
         if self._free:
@@ -84,7 +96,7 @@ class _Spawner:
             _refuse(fds, f"cgroup {slot}: {exc}")
             return
         supervisor = Supervisor(
-            supervision, cgroup, Launch(self.launcher, plan), socket.socket(fileno=fds[0]), fds[1:],
+            supervision, cgroup, Launch(self.launcher, plan, self._zygote(supervision)), socket.socket(fileno=fds[0]), fds[1:],
             self.reactor, self._done,
         )
         self.supervisors[supervisor] = slot
@@ -97,6 +109,8 @@ class _Spawner:
         give_up = time.monotonic() + timeout
         while self.supervisors and time.monotonic() < give_up:
             self.reactor.run_once(max_wait=0.05)
+        for zygote in self._zygotes.values():
+            zygote.close()
         self.driver.remove_all()
 
 

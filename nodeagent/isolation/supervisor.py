@@ -28,6 +28,7 @@ from typing import Any
 
 from . import cgroups, frames, injection
 from .reactor import Reactor, Timer
+from .zygote import Zygote
 
 _KILL_GRACE_S = 2.0
 STATUS = struct.Struct("!i")  # the code's wait status, as the launcher's pid 1 writes it
@@ -44,21 +45,30 @@ class Supervision:
     uid_base: int
     uid_count: int
     home_bytes: int
+    # (argv, environment) of the interpreter to fork the sandbox from (zygote.py), if any
+    zygote: tuple[tuple[str, ...], tuple[str, ...]] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Supervision:
-        return cls(**{**data, "limits": cgroups.Limits(**data["limits"])})
+        zygote = data.get("zygote")
+        return cls(**{
+            **data,
+            "limits": cgroups.Limits(**data["limits"]),
+            "zygote": (tuple(zygote[0]), tuple(zygote[1])) if zygote else None,
+        })
 
 
 @dataclass(frozen=True)
 class Launch:
-    """How to start one sandbox's processes: the launcher binary and the sandbox's plan."""
+    """How to start one sandbox's processes: the launcher binary and the sandbox's plan, or
+    the zygote to fork them from (which runs the same plan)."""
 
     path: str
     plan: bytes
+    zygote: Zygote | None = None
 
 
 @dataclass
@@ -103,7 +113,8 @@ class Supervisor:
 
     def _spawn_launcher(self, up_w: int, down_r: int, status_w: int) -> int:
         """Start the launcher with its fds in place: stdin, stdout, stderr, ready, plan, up,
-        down, status (launcher.c). posix_spawn does not copy this process's memory."""
+        down, status (launcher.c), or have the zygote fork it with them. Neither copies
+        this process's memory, as a fork of it would."""
         plan = os.memfd_create("baponi-plan", os.MFD_CLOEXEC)
         try:
             view = memoryview(self.launch.plan)
@@ -112,6 +123,8 @@ class Supervisor:
             os.lseek(plan, 0, os.SEEK_SET)
             high = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, _HIGH_FD) for fd in (*self.stdio, plan, up_w, down_r, status_w)]
             try:
+                if self.launch.zygote is not None:
+                    return self.launch.zygote.spawn(high)
                 actions = [(os.POSIX_SPAWN_DUP2, fd, target) for target, fd in enumerate(high)]
                 return os.posix_spawn(self.launch.path, ["baponi-sandbox"], {}, file_actions=actions)
             finally:

@@ -1,0 +1,108 @@
+"""Warm python sandboxes forked from a zygote (nodeagent/isolation/zygote.py): each must still
+be a fresh interpreter of its own, and the zygote must hold nothing of any sandbox and live
+exactly as long as the spawner that started it."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+from pathlib import Path
+
+from nodeagent.config import SandboxConfig
+from nodeagent.runtime import Runtime
+from tests.conftest import Runner
+from tests.isolation.runtimes import WAIT_S, alive, own_runtime, processes, wait_until
+
+# The blocked, ignored and caught signal masks, of the standard signals (1-31: the host's
+# processes inherit dispositions of glibc's own real-time signals from their parents).
+FRESH_STATE = (
+    "print(*(f'{line.split()[0]} {int(line.split()[1], 16) & 0x7FFFFFFF:x}' for line in open('/proc/self/status')"
+    " if line.startswith(('SigBlk', 'SigIgn', 'SigCgt'))))"
+)
+
+
+def _zygotes(runtime: Runtime) -> list[int]:
+    """The spawner's children that are python processes of host root: its zygotes."""
+    spawner = runtime._spawner._process.pid  # type: ignore[union-attr]  # white-box: whose children
+    return [
+        p.pid for p in processes()
+        if p.ppid == spawner and p.uid == 0 and Path(f"/proc/{p.pid}/exe").resolve().name.startswith("python3")
+    ]
+
+
+async def test_warm_python_sandboxes_come_from_one_zygote_that_holds_none_of_their_fds():
+    async with own_runtime(SandboxConfig(name="forked", warm=3)) as runtime:
+        await runtime.wait_warm(WAIT_S)
+        [zygote] = _zygotes(runtime)
+        fds = {fd: os.readlink(f"/proc/{zygote}/fd/{fd}") for fd in os.listdir(f"/proc/{zygote}/fd")}
+        assert {fds[fd] for fd in ("0", "1", "2")} == {os.devnull}
+        others = {fd: target for fd, target in fds.items() if fd not in ("0", "1", "2")}
+        assert len(others) == 1 and next(iter(others.values())).startswith("socket:"), others
+        outcome = await Runner(runtime)("print('forked')", sandbox="forked")
+        assert (outcome.stdout, outcome.result.cold_start) == ("forked\n", False)
+
+
+async def test_each_forked_interpreter_is_as_fresh_as_a_started_one():
+    """Its own randomness, and the signal state `python3 -c` starts with (SIGINT raises
+    KeyboardInterrupt, SIGPIPE and SIGXFSZ ignored, nothing blocked)."""
+    async with own_runtime(SandboxConfig(name="fresh", warm=2)) as runtime:
+        run = Runner(runtime)
+        await runtime.wait_warm(WAIT_S)
+        draws = [
+            (await run("import os, random, uuid; print(random.random(), os.urandom(8).hex(), uuid.uuid4())", sandbox="fresh")).stdout
+            for _ in range(3)
+        ]
+        assert len({value for draw in draws for value in draw.split()}) == 9, draws
+        await runtime.wait_warm(WAIT_S)
+        forked = await run(FRESH_STATE, sandbox="fresh")
+        started = subprocess.run(["python3", "-c", FRESH_STATE], capture_output=True, text=True, check=True)
+        assert forked.stdout == started.stdout, (forked.stdout, started.stdout)
+        interrupted = await run("import os, signal; os.kill(os.getpid(), signal.SIGINT)", sandbox="fresh")
+        assert interrupted.result.exit_code == 130 and "KeyboardInterrupt" in interrupted.stderr, interrupted.stderr
+
+
+async def test_a_killed_zygote_is_replaced_and_its_sandboxes_live_on():
+    """A sandbox's processes are the spawner's, not the zygote's: they outlive it."""
+    async with own_runtime(SandboxConfig(name="orphans", warm=2)) as runtime:
+        await runtime.wait_warm(WAIT_S)
+        [zygote] = _zygotes(runtime)
+        os.kill(zygote, signal.SIGKILL)
+        run = Runner(runtime)
+        for _ in range(4):  # the two warm ones, then ones forked from a new zygote
+            outcome = await run("print('on')", sandbox="orphans")
+            assert outcome.stdout == "on\n", outcome.stderr
+        await runtime.wait_warm(WAIT_S)
+        assert len(_zygotes(runtime)) == 1 and _zygotes(runtime) != [zygote]
+
+
+async def test_the_zygote_ends_with_its_spawner():
+    async with own_runtime(SandboxConfig(name="ending", warm=1)) as runtime:
+        await runtime.wait_warm(WAIT_S)
+        [pid] = _zygotes(runtime)
+        [zygote] = [p for p in processes() if p.pid == pid]
+    await wait_until(lambda: not alive(zygote), "the zygote exited")
+
+
+async def test_the_zygote_runs_nothing_from_a_host_home_of_the_sandbox_user(tmp_path: Path):
+    """The zygote starts as root on the host: a `.pth` file under a host /home/baponi (a
+    service user's home, say) must not run there. Sandboxes still get their own ~/.local."""
+    home = Path("/home/baponi")
+    assert not home.exists(), "this test needs the host to have no /home/baponi"
+    version = subprocess.run(
+        ["python3", "-c", "import sys; print(f'python{sys.version_info[0]}.{sys.version_info[1]}')"],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()
+    user_site = home / ".local" / "lib" / version / "site-packages"
+    marker = tmp_path / "ran-as-root"
+    try:
+        user_site.mkdir(parents=True)
+        (user_site / "planted.pth").write_text(f"import os; open({str(marker)!r}, 'w').close()\n")
+        async with own_runtime(SandboxConfig(name="homeless", warm=1)) as runtime:
+            await runtime.wait_warm(WAIT_S)
+            outcome = await Runner(runtime)("import site; print(site.getusersitepackages())", sandbox="homeless")
+        assert outcome.stdout == f"/home/baponi/.local/lib/{version}/site-packages\n", outcome.stderr
+        assert not marker.exists(), "the zygote ran a .pth file of the host's /home/baponi"
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
