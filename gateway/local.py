@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import socket
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -127,6 +128,9 @@ class LocalServer:
         configs = sandbox_configs(documents)
         options.data_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(options.data_dir, 0o711)
+        # Bound first: a taken port must fail the start before a key is made or shown, or a
+        # sandbox started.
+        listener = _listen(options.host, options.port)
         store = await open_store(options.database_url, options.data_dir)
         try:
             new_secret = await ensure_first_key(store, dict(os.environ))
@@ -145,9 +149,22 @@ class LocalServer:
                     uvicorn.Config(app, host=options.host, port=options.port, log_config=None, access_log=False)
                 )
                 _announce(options, new_secret)
-                await server.serve()
+                await server.serve(sockets=[listener])
         finally:
             await store.close()
+            listener.close()
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    listener = socket.socket(family, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listener.bind((host, port))
+    except OSError as exc:
+        listener.close()
+        raise OSError(f"cannot listen on {host}:{port}: {exc.strerror or exc}; choose another --port or --host") from None
+    return listener
 
 
 def _announce(options: ServeOptions, new_secret: str | None) -> None:

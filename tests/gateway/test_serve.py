@@ -225,6 +225,21 @@ def _cmdline(pid: str) -> bytes:
         return b""
 
 
+def test_a_taken_port_fails_the_start_before_anything_is_made(tmp_path: Path) -> None:
+    """Exit 1 and a message saying what to change; no key made (or shown), no sandbox started."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [*BAPONI, "serve", "--port", str(port), "--data-dir", str(tmp_path / "data")],
+            capture_output=True, text=True, timeout=60, env={k: v for k, v in os.environ.items() if k != "BAPONI_DATABASE_URL"},
+        )
+    assert result.returncode == 1, result.stderr
+    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr and "--port" in result.stderr, result.stderr
+    assert "API key" not in result.stdout and list((tmp_path / "data").iterdir()) == []
+
+
 def test_the_sandboxes_stop_when_serve_is_killed() -> None:
     """Even a SIGKILLed `baponi serve` leaves no spawner nor sandbox running."""
     with _serve() as server:
