@@ -89,7 +89,14 @@ def _baponi_zygote():
     os.closerange(4, os.sysconf("SC_OPEN_MAX"))  # what the spawner held when it started us
     spawner = socket.socket(fileno=os.dup(3))
     os.close(3)  # in each sandbox, fd 3 is its ready pipe
-    spawn = ctypes.PyDLL(spawner.recv(4096).decode()).baponi_zygote_spawn  # PyDLL: the GIL stays held
+    # Loaded from a copy in memory, so no sandbox's /proc/self/maps names the host's path to it.
+    copy = os.memfd_create("baponi-launch")
+    with open(spawner.recv(4096).decode(), "rb") as library:
+        view = memoryview(library.read())
+    while view:
+        view = view[os.write(copy, view):]
+    spawn = ctypes.PyDLL(f"/proc/self/fd/{copy}").baponi_zygote_spawn  # PyDLL: the GIL stays held
+    os.close(copy)
     spawn.argtypes, spawn.restype = [ctypes.c_int * 8], ctypes.c_int
     gc.freeze()  # shared by every sandbox: no collection there touches (so copies) these pages
     spawner.sendall(b"R")

@@ -44,6 +44,16 @@ async def test_warm_python_sandboxes_come_from_one_zygote_that_holds_none_of_the
         assert (outcome.stdout, outcome.result.cold_start) == ("forked\n", False)
 
 
+async def test_a_forked_sandbox_sees_no_host_path_of_the_agent_in_its_memory_map():
+    """The zygote maps the launcher's library: from a copy in memory, not the data dir's file."""
+    async with own_runtime(SandboxConfig(name="mapped", warm=1)) as runtime:
+        await runtime.wait_warm(WAIT_S)
+        outcome = await Runner(runtime)("print(open('/proc/self/maps').read())", sandbox="mapped")
+    assert "baponi-launch" in outcome.stdout, outcome.stderr  # the library is there...
+    assert str(runtime.data_dir) not in outcome.stdout  # ...under no host path
+    assert "/memfd:baponi-launch" in outcome.stdout
+
+
 async def test_each_forked_interpreter_is_as_fresh_as_a_started_one():
     """Its own randomness, and the signal state `python3 -c` starts with (SIGINT raises
     KeyboardInterrupt, SIGPIPE and SIGXFSZ ignored, nothing blocked)."""
