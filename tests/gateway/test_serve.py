@@ -20,6 +20,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from gateway.local import listen
+
 KEY = "sk-test-" + "k" * 40
 BAPONI = [sys.executable, "-m", "gateway.cli"]
 
@@ -238,6 +240,28 @@ def test_a_taken_port_fails_the_start_before_anything_is_made(tmp_path: Path) ->
     assert result.returncode == 1, result.stderr
     assert f"cannot listen on 127.0.0.1:{port}" in result.stderr and "--port" in result.stderr, result.stderr
     assert "API key" not in result.stdout and list((tmp_path / "data").iterdir()) == []
+
+
+def test_connections_to_the_listener_send_without_delay() -> None:
+    """Nagle's algorithm off (TCP_NODELAY) on the connections the server accepts, or an
+    answer written in two sends waits for the client's delayed ACK (~40 ms)."""
+
+    async def accepted_nodelay() -> int:
+        listener = listen("127.0.0.1", 0)
+        seen: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+        async def on_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            seen.set_result(writer.get_extra_info("socket").getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+            writer.close()
+
+        server = await asyncio.start_server(on_connection, sock=listener)
+        async with server:
+            _, writer = await asyncio.open_connection(*listener.getsockname())
+            value = await asyncio.wait_for(seen, 10)
+            writer.close()
+        return value
+
+    assert asyncio.run(accepted_nodelay()) != 0
 
 
 def test_the_sandboxes_stop_when_serve_is_killed() -> None:
