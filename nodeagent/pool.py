@@ -1,7 +1,10 @@
 """Warm pools: sandboxes started ahead per (sandbox config, language), one execution each.
 
-Claiming a warm sandbox is what makes an execution start in milliseconds. A claim never waits
-for the pool: when it is empty the caller gets a cold start, isolated exactly the same way.
+Claiming a warm sandbox is what makes an execution start in milliseconds. When the pool is
+empty but a sandbox of it is being started that no other call waits for, a call takes that
+one as it becomes ready: it is ready sooner than a cold start would be, and a cold start on a
+busy node adds to the very load that emptied the pool. Otherwise the caller gets a cold
+start, isolated exactly the same way.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ from .sandbox import Sandbox, SandboxError
 
 log = structlog.get_logger("baponi.pool")
 
+_WAIT_FOR_START_S = 5.0  # a start taking longer is stuck: the call gets a cold start instead
+
 StartSandbox = Callable[[], Awaitable[Sandbox]]
 
 
@@ -33,6 +38,7 @@ class WarmPool:
         self._starting = 0
         self._tasks: set[asyncio.Task] = set()
         self._retries: set[asyncio.Task] = set()  # refills after a failed start, a second later
+        self._waiters: collections.deque[asyncio.Future[Sandbox | None]] = collections.deque()
         self._closed = False
         self.claims = 0
         self.misses = 0
@@ -48,18 +54,49 @@ class WarmPool:
         small program, and on a busy node it would compete with the very call that claimed.
         The caller calls `refill()` once its execution is over.
         """
-        now = time.monotonic()
-        sandbox = None
-        while self._idle:
-            candidate = self._idle.popleft()
-            if not candidate.closed and now - candidate.created < self.max_idle_s:
-                sandbox = candidate
-                break
-            self._spawn_task(candidate.destroy())
+        sandbox = self._pop_idle()
         self.claims += 1
         if sandbox is None:
             self.misses += 1
         return sandbox
+
+    async def take(self) -> Sandbox | None:
+        """As claim(), but when the pool is empty, the next sandbox being started that no
+        other call waits for, once it is ready (None if it fails to start, or is stuck)."""
+        sandbox = self._pop_idle()
+        self.claims += 1
+        if sandbox is None and self._starting > len(self._waiters) and not self._closed:
+            waiter: asyncio.Future[Sandbox | None] = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            try:
+                async with asyncio.timeout(_WAIT_FOR_START_S):
+                    sandbox = await waiter
+            except TimeoutError:
+                pass
+            finally:
+                if waiter in self._waiters:
+                    self._waiters.remove(waiter)
+        if sandbox is None:
+            self.misses += 1
+        return sandbox
+
+    def _pop_idle(self) -> Sandbox | None:
+        now = time.monotonic()
+        while self._idle:
+            candidate = self._idle.popleft()
+            if not candidate.closed and now - candidate.created < self.max_idle_s:
+                return candidate
+            self._spawn_task(candidate.destroy())
+        return None
+
+    def _hand_over(self, sandbox: Sandbox | None) -> bool:
+        """Give a started sandbox (or None: a start failed) to the first live waiter, if any."""
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(sandbox)
+                return True
+        return False
 
     def refill(self) -> None:
         while not self._closed and len(self._idle) + self._starting < self.target:
@@ -74,6 +111,7 @@ class WarmPool:
             sandbox = await self._start()
         except (SandboxError, SpawnerError, OSError) as exc:
             log.error("warm sandbox failed to start", pool=self.key, error=str(exc))
+            self._hand_over(None)
             retry = asyncio.ensure_future(self._refill_later())
             self._retries.add(retry)
             retry.add_done_callback(self._retries.discard)
@@ -82,7 +120,7 @@ class WarmPool:
             self._starting -= 1
         if self._closed:
             await sandbox.destroy()
-        else:
+        elif not self._hand_over(sandbox):
             self._idle.append(sandbox)
 
     async def _refill_later(self) -> None:
@@ -123,6 +161,8 @@ class WarmPool:
 
     async def close(self) -> None:
         self._closed = True
+        while self._hand_over(None):
+            pass
         for retry in self._retries:
             retry.cancel()
         idle, self._idle = list(self._idle), collections.deque()

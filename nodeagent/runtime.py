@@ -229,7 +229,7 @@ class Runtime:
         claimed = None
         if pool is not None and not _needs_cold_start(request.language, request.env):
             await self._live_spawner()  # a warm sandbox of a dead spawner is dead too
-            claimed = pool.claim()
+            claimed = await pool.take()
         cold = claimed is None
         instance = claimed or await self._start_sandbox(config, request.language, "exec")
         self.running += 1

@@ -12,6 +12,7 @@ from .isolation import frames
 from .isolation import request as wire_request
 from .isolation.spawner import SandboxPipes
 from .isolation.spec import SandboxSpec
+from .isolation.supervisor import READY
 
 _READ_SIZE = 1 << 16
 # A kill is done in milliseconds; a spawner that has not confirmed it by then is stuck, and
@@ -44,10 +45,21 @@ class _OutputReader:
         except BlockingIOError:
             return
         if not data:
-            asyncio.get_running_loop().remove_reader(self.fd)
-            if not self.done.done():
-                self.done.set_result(None)
+            self.cancel()
             return
+        self._keep(data)
+
+    def drain(self) -> None:
+        """Take what the pipe holds now, then stop reading. Once the code has said it ended,
+        all it wrote is there: a write to a pipe is done when it returns."""
+        try:
+            while data := os.read(self.fd, _READ_SIZE):
+                self._keep(data)
+        except BlockingIOError:
+            pass
+        self.cancel()
+
+    def _keep(self, data: bytes) -> None:
         self.total += len(data)
         room = self.limit - self.kept
         if room > 0:
@@ -116,19 +128,18 @@ class Sandbox:
         self.init_pid = int(header["pid"])
         loop = asyncio.get_running_loop()
         ready = loop.create_future()
-        os.set_blocking(self.pipes.ready, False)
 
         def on_ready() -> None:
             try:
-                data = os.read(self.pipes.ready, 1)
+                value = os.eventfd_read(self.pipes.ready)
             except BlockingIOError:
                 return
             if not ready.done():
-                ready.set_result(data)
+                ready.set_result(value)
 
         loop.add_reader(self.pipes.ready, on_ready)
         try:
-            if await ready != b"R":
+            if await ready != READY:  # it ended instead (GONE): what it printed says why
                 raise SandboxError(await self._startup_error())
         finally:
             loop.remove_reader(self.pipes.ready)
@@ -173,16 +184,21 @@ class Sandbox:
             await _write_all(self.pipes.stdin, wire_request.encode(request.code, request.env))
             os.close(self.pipes.stdin)
             self.pipes.stdin = -1
-            outputs = asyncio.gather(*(r.done for r in readers))
-            self._exited = asyncio.ensure_future(self._frame())
-            while not (outputs.done() and queue.empty()):
+            exited = self._exited = asyncio.ensure_future(self._frame())
+            while not (all(r.done.done() for r in readers) and queue.empty()):
                 getter = asyncio.ensure_future(queue.get())
-                await asyncio.wait({getter, outputs}, return_when=asyncio.FIRST_COMPLETED)
+                waits = {getter, *(r.done for r in readers if not r.done.done())}
+                if not exited.done():
+                    waits.add(exited)
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
                 if getter.done():
                     yield getter.result()
-                else:
-                    getter.cancel()
-            header, home = await self._exited
+                    continue
+                getter.cancel()
+                if exited.done() and not exited.exception() and exited.result()[0].get("announced"):
+                    for reader in readers:  # its pipes may stay open a while, in its exit
+                        reader.drain()
+            header, home = await exited
             duration_ms = (time.monotonic() - started) * 1000
             self._finished = True
         finally:

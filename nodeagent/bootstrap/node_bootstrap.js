@@ -13,8 +13,15 @@
   require('util').formatWithOptions({}, '%s %d %j %o', 'a', 1, {}, [1]);
   process.stdout.write('');
   process.stderr.write('');
-  fs.writeSync(3, 'R');
-  fs.closeSync(3);
+  // fd 3, an eventfd the sandbox's supervisor reads, stays open to say how the code ended
+  // (nodeagent/isolation/supervisor.py). Eventfds take a native-endian 64-bit count.
+  const count = (value) => {
+    const buffer = Buffer.alloc(8);
+    if (require('os').endianness() === 'LE') buffer.writeBigUInt64LE(value);
+    else buffer.writeBigUInt64BE(value);
+    return buffer;
+  };
+  fs.writeSync(3, count(1n));
   const chunks = [];
   const buffer = Buffer.alloc(1 << 16);
   let size;
@@ -32,13 +39,21 @@
   }
   // Once the code's own 'exit' listeners have run, end at once, as process.exit() does: the
   // teardown of node's environment and heap (~4 ms) is nothing the code can observe. Not
-  // after an uncaught error, which node prints only after emitting 'exit'.
+  // after an uncaught error, which node prints only after emitting 'exit'. Its writes to
+  // stdout and stderr are done by then (synchronous, to pipes), so the end is told first on
+  // fd 3, unless the code closed it.
   let crashed = false;
   process.on('uncaughtExceptionMonitor', () => { crashed = true; });
   const emit = process.emit;
   process.emit = function baponiEmit(event, ...args) {
     const result = emit.call(this, event, ...args);
-    if (event === 'exit' && !crashed) process.reallyExit(process.exitCode ?? args[0] ?? 0);
+    if (event === 'exit' && !crashed) {
+      const code = (process.exitCode ?? args[0] ?? 0) & 0xff;
+      try {
+        fs.writeSync(3, count((1n << 32n) | BigInt(code << 8))); // the wait status, as wait() says
+      } catch (e) { /* closed by the code: init reports the end instead */ }
+      process.reallyExit(code);
+    }
     return result;
   };
   vm.runInThisContext(code, { filename: '[eval]' });

@@ -15,8 +15,11 @@ def _baponi_bootstrap():
     if stat.S_ISSOCK(os.fstat(3).st_mode):  # a zygote (nodeagent/isolation/zygote.py)
         _baponi_zygote()  # returns in a sandbox, forked from it: what follows is the same
     gc.freeze()  # what exists now is never garbage: the final collection only scans the code's
-    os.write(3, b"R")
-    os.close(3)
+    # fd 3, an eventfd its supervisor reads (nodeagent/isolation/supervisor.py), stays open
+    # to say how the code ended; nothing the code starts inherits it.
+    os.write(3, (1).to_bytes(8, sys.byteorder))
+    os.set_inheritable(3, False)
+    pid = os.getpid()
 
     data = sys.stdin.buffer.read()
     newline = data.index(b"\n")
@@ -53,11 +56,18 @@ def _baponi_bootstrap():
         # Registered first, so the interpreter runs it last: after joining threads and running
         # the code's own atexit callbacks, as Py_FinalizeEx does. The code's objects are then
         # released (open files flush and close) and the slow module teardown (~5 ms), which
-        # nothing of the code's can observe, is skipped.
+        # nothing of the code's can observe, is skipped. Then the end is told on fd 3 unless
+        # this is a fork of the code's, or the code closed fd 3.
         main.__dict__.clear()
         gc.collect()
         for stream in (sys.stdout, sys.stderr):
             stream.flush()
+        status = 2 if outcome["sigint"] else outcome["status"] << 8  # as wait() would say
+        if os.getpid() == pid:
+            try:
+                os.write(3, (1 << 32 | status).to_bytes(8, sys.byteorder))
+            except OSError:
+                pass
         if outcome["sigint"]:
             _die_by_sigint()
         os._exit(outcome["status"])

@@ -84,7 +84,7 @@ def _rmdir(path: Path) -> None:
     raise CgroupError(f"cgroup {path} stayed busy")
 
 
-def _kill_pids(pids: list[int]) -> None:
+def kill_pids(pids: list[int]) -> None:
     for pid in pids:
         try:
             os.kill(pid, signal.SIGKILL)
@@ -130,7 +130,7 @@ class _V1Cgroup:
                 if state.read_text().strip() == "FROZEN":
                     break
                 time.sleep(0.0025)
-            _kill_pids(self.pids())
+            kill_pids(self.pids())
         finally:
             _write(state, "THAWED")
 
@@ -184,7 +184,7 @@ class V1Driver:
         for parent in self._parents.values():
             for child in parent.iterdir():
                 if child.is_dir():
-                    _kill_pids(_read_pids(child / "cgroup.procs"))
+                    kill_pids(_read_pids(child / "cgroup.procs"))
         for parent in self._parents.values():
             for child in parent.iterdir():
                 if child.is_dir():

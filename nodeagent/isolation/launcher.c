@@ -12,7 +12,8 @@
  * mounts, which limits, which filter) is decided in Python and arrives as a plan on fd 4
  * (nodeagent/isolation/plan.py writes it); this file only carries it out, in order.
  *
- * fds: 0-2 the sandbox's stdio, 3 ready pipe, 4 plan, 5 to the supervisor, 6 from the
+ * fds: 0-2 the sandbox's stdio, 3 ready eventfd (the supervisor's; a bootstrap keeps it to
+ * say how the code ended), 4 plan, 5 to the supervisor, 6 from the
  * supervisor, 7 the code's wait status (4 bytes, network order). Exit codes: 110-111 and 114
  * namespace entry (A), 112 sandbox set-up (B), 113 the interpreter's start (C).
  *
@@ -304,7 +305,8 @@ static void install_seccomp(const char *bpf, size_t length) {
 
 /* The request on stdin (nodeagent/isolation/request.py): "<len>\n<code><KEY=VALUE\0>...". */
 static void exec_request(const struct record *r) {
-    check((int)write(FD_READY, "R", 1), "write", "ready");
+    uint64_t ready = 1; /* an eventfd's count: the supervisor's READY */
+    check((int)write(FD_READY, &ready, sizeof ready), "write", "ready");
     close(FD_READY);
     size_t size;
     char *data = read_all(FD_STDIN, &size);

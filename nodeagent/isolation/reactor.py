@@ -81,9 +81,10 @@ class Reactor:
             until_timer = max(0.0, self._timers[0][0] - time.monotonic())
             wait = until_timer if wait is None else min(wait, until_timer)
         ready = self._poll.poll(None if wait is None else int(wait * 1000) + 1)
-        for fd, _ in ready:
-            callback = self._readers.get(fd)
-            if callback is not None:
+        # Taken now: a callback may close an fd whose event is still to come, and the number
+        # may be reused within this round for another reader, which that event is not for.
+        for fd, callback in [(fd, self._readers.get(fd)) for fd, _ in ready]:
+            if callback is not None and self._readers.get(fd) is callback:
                 callback()
         now = time.monotonic()
         while self._timers and self._timers[0][0] <= now:

@@ -104,6 +104,7 @@ class _Spawner:
 
     def stop(self, timeout: float) -> None:
         """Kill every sandbox and wait, up to `timeout`, until each is cleaned up."""
+        self.reactor.remove_reader(self.sock.fileno())
         for supervisor in list(self.supervisors):
             supervisor.abandon()
         give_up = time.monotonic() + timeout
@@ -145,7 +146,8 @@ def serve(sock: socket.socket, cgroup_parent: str, launcher: str) -> None:
 
 @dataclass
 class SandboxPipes:
-    """The agent's ends of one sandbox: control socket, stdin, stdout, stderr, ready."""
+    """The agent's ends of one sandbox: control socket, stdin, stdout, stderr, and the ready
+    eventfd it shares with the sandbox and its supervisor (supervisor.py says who reads when)."""
 
     ctl: socket.socket
     stdin: int
@@ -191,12 +193,12 @@ class Spawner:
         stdin_r, stdin_w = os.pipe()
         stdout_r, stdout_w = os.pipe()
         stderr_r, stderr_w = os.pipe()
-        ready_r, ready_w = os.pipe()
-        children = [ctl_child.fileno(), stdin_r, stdout_w, stderr_w, ready_w]
+        ready = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        children = [ctl_child.fileno(), stdin_r, stdout_w, stderr_w, os.dup(ready)]
         try:
             frames.send(self._sock, {"op": "spawn", "supervision": supervision.to_json()}, plan, fds=children)
         except OSError as exc:
-            for fd in (stdin_w, stdout_r, stderr_r, ready_r):
+            for fd in (stdin_w, stdout_r, stderr_r, ready):
                 os.close(fd)
             ctl.close()
             raise SpawnerError(f"sandbox spawner is gone: {exc}") from exc
@@ -204,7 +206,7 @@ class Spawner:
             ctl_child.close()
             for fd in children[1:]:
                 os.close(fd)
-        return SandboxPipes(ctl, stdin_w, stdout_r, stderr_r, ready_r)
+        return SandboxPipes(ctl, stdin_w, stdout_r, stderr_r, ready)
 
     def close(self) -> None:
         self._sock.close()

@@ -4,8 +4,16 @@ Supervisors live in the spawner, root on the host, one object per sandbox, all d
 spawner's poll loop (reactor.py): a process per sandbox would cost a fork of the spawner and
 its exit, once the largest part of creating a sandbox. A supervisor talks to the agent over a
 control socket (frames): it says when the sandbox is started, takes claim-time work (mounts,
-the home archive), starts the wall clock at "run", and reports how the code ended once every
-process of the sandbox is gone. If the agent hangs up, the sandbox dies.
+the home archive), starts the wall clock at "run", and reports how the code ended once no
+process of the sandbox can run any more. If the agent hangs up, the sandbox dies.
+
+How the code ended comes from one of two places. A bootstrap that runs the code in its
+interpreter says so itself, on the ready eventfd (which the agent reads until the code is
+ready, and the supervisor once the run has begun), just before its process exits: a process's
+exit is slow (a python's unmapping takes ~1 ms, node's own shutdown ~3 ms) and nothing of
+the code runs in it, so the report need not wait for it. The code can write that eventfd too;
+it can only end its own call early with an exit code of its choosing, which it could anyway.
+Otherwise init (launcher.c's B) reports the code process's wait status once it has reaped it.
 
 Work that may take long (claim-time mounts, the home archive in or out) runs in a forked job
 process, so no sandbox waits on another's data; while a job runs, its sandbox's control
@@ -15,6 +23,7 @@ socket is the job's.
 from __future__ import annotations
 
 import fcntl
+import functools
 import os
 import select
 import signal
@@ -32,6 +41,15 @@ from .zygote import Zygote
 
 _KILL_GRACE_S = 2.0
 STATUS = struct.Struct("!i")  # the code's wait status, as the launcher's pid 1 writes it
+# Added to the ready eventfd (fd 3 in the sandbox): the code is ready (for the agent); the
+# sandbox ended before it was ever run (from the supervisor, for an agent still waiting); it
+# has ended, with ENDED | its wait status (for the supervisor). An eventfd's wake-up, unlike a
+# pipe's, does not pull the reader onto the writer's CPU, where the ending process would
+# first have to make way for it.
+READY, GONE, ENDED = 1, 1 << 33, 1 << 32
+_PF_EXITING = 0x4  # linux/sched.h: the task has begun to exit and runs no more user code
+# Looks for killed processes to have begun to exit: a few at once, then from the poll loop.
+_QUICK_LOOKS, _QUICK_LOOK_S, _LATER_LOOK_S = 5, 0.0001, 0.001
 _HIGH_FD = 64  # above the launcher's fixed fds (0-7), so moving one never clobbers another
 _JOB_FAILED = 1
 
@@ -79,6 +97,7 @@ class _Run:
     collect_home: bool = False
     timed_out: bool = False
     cancelled: bool = False
+    announced: int | None = None  # the wait status the code's bootstrap said it ends with
 
 
 class Supervisor:
@@ -96,9 +115,10 @@ class Supervisor:
         self.reactor, self.on_done = reactor, on_done
         self.run = _Run()
         self.pid_a = self.init_pid = 0
-        self.pidfd = self.pidfd_a = self.status_r = -1
+        self.pidfd = self.pidfd_a = self.status_r = self.ready = -1
         self.ns: injection.Namespaces | None = None
-        self._listening = self._ending = self._busy = self._cleaned = False
+        self._listening = self._ending = self._busy = self._cleaned = self._running = self._mapped = False
+        self._handshake: tuple[int, ...] = ()  # while starting: the up pipe's read end, the down pipe's write end
 
     # --- start -----------------------------------------------------------------------------
 
@@ -111,7 +131,7 @@ class Supervisor:
         with open(f"/proc/{pid}/gid_map", "w") as handle:
             handle.write(mapping)
 
-    def _spawn_launcher(self, up_w: int, down_r: int, status_w: int) -> int:
+    def _spawn_launcher(self, ready: int, up_w: int, down_r: int, status_w: int) -> int:
         """Start the launcher with its fds in place: stdin, stdout, stderr, ready, plan, up,
         down, status (launcher.c), or have the zygote fork it with them. Neither copies
         this process's memory, as a fork of it would."""
@@ -121,7 +141,8 @@ class Supervisor:
             while view:
                 view = view[os.write(plan, view):]
             os.lseek(plan, 0, os.SEEK_SET)
-            high = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, _HIGH_FD) for fd in (*self.stdio, plan, up_w, down_r, status_w)]
+            fds = (*self.stdio, ready, plan, up_w, down_r, status_w)
+            high = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, _HIGH_FD) for fd in fds]
             try:
                 if self.launch.zygote is not None:
                     return self.launch.zygote.spawn(high)
@@ -133,46 +154,79 @@ class Supervisor:
         finally:
             os.close(plan)
 
-    def _launch(self) -> int:
-        """Start the chain and return pid 1 of the sandbox, as the host sees it. Blocks for
-        the launcher's two steps (namespaces, then init): well under a millisecond."""
+    def start(self) -> None:
+        """Start the launcher. Its two steps (namespaces, then init: an unshare and a fork,
+        a millisecond or more under load) are answered in the poll loop as they come, so
+        other sandboxes' news is not held up meanwhile."""
         up_r, up_w = os.pipe()
         down_r, down_w = os.pipe()
+        self._handshake = up_r, down_w
         self.status_r, status_w = os.pipe()  # closed with the sandbox, whatever happens here
+        os.set_blocking(self.status_r, False)  # read once B wrote it or is gone; never waited on
+        self.ready = self.stdio.pop()  # kept: read once the run has begun
         try:
             try:
-                self.pid_a = self._spawn_launcher(up_w, down_r, status_w)
+                self.pid_a = self._spawn_launcher(self.ready, up_w, down_r, status_w)
                 self.pidfd_a = os.pidfd_open(self.pid_a)
             finally:
                 for fd in (up_w, down_r, status_w, *self.stdio):
                     os.close(fd)
-            if os.read(up_r, 1) != b"u":
-                raise OSError("sandbox namespaces could not be created")
-            self._write_id_maps(self.pid_a)
-            self.cgroup.add(self.pid_a)
-            os.write(down_w, b"m")
+        except (OSError, cgroups.CgroupError) as exc:
+            self._failed(exc)
+            return
+        self.reactor.add_reader(up_r, self._guarded(self._on_launcher))
+
+    def _on_launcher(self) -> None:
+        """A's news on the up pipe: "u" once its namespaces exist (then the id maps and the
+        cgroup are ours to give it), later the pid of init, as the host sees it."""
+        up_r, down_w = self._handshake
+        try:
             raw = os.read(up_r, 32)
+            if not self._mapped:
+                if raw != b"u":
+                    raise OSError("sandbox namespaces could not be created")
+                self._write_id_maps(self.pid_a)
+                self.cgroup.add(self.pid_a)
+                os.write(down_w, b"m")
+                self._mapped = True
+                return
             if not raw:
                 raise OSError("sandbox init did not start")
-            return int(raw)
-        finally:
-            os.close(up_r)
-            os.close(down_w)
-
-    def start(self) -> None:
-        try:
-            self.init_pid = self._launch()
+            self.init_pid = int(raw)
             self.pidfd = os.pidfd_open(self.init_pid)
             self.ns = injection.Namespaces.of(self.init_pid)
-        except (OSError, cgroups.CgroupError) as exc:
-            self._send({"event": "failed", "message": f"sandbox could not start: {exc}"})
-            self._kill()
-            self._clean_up()
+        except (OSError, ValueError, cgroups.CgroupError) as exc:
+            self._failed(exc)
             return
+        self._end_handshake()
         self._listen()
         self.reactor.add_reader(self.pidfd, self._guarded(self._on_end))
         self.reactor.add_reader(self.status_r, self._guarded(self._on_end))
         self._send({"event": "started", "pid": self.init_pid})
+
+    def _end_handshake(self) -> None:
+        if self._handshake:
+            self.reactor.remove_reader(self._handshake[0])
+            for fd in self._handshake:
+                os.close(fd)
+            self._handshake = ()
+
+    def _failed(self, exc: Exception) -> None:
+        self._end_handshake()
+        self._send({"event": "failed", "message": f"sandbox could not start: {exc}"})
+        self._kill()
+        self._clean_up()
+
+    def _on_code_news(self) -> None:
+        """The ready eventfd, once the run has begun: ENDED and the code's wait status.
+        Anything else, and it is no longer watched (the end is then init's to report)."""
+        try:
+            value = os.eventfd_read(self.ready)
+        except BlockingIOError:
+            return
+        self.reactor.remove_reader(self.ready)
+        if value & ~0xFFFF == ENDED:
+            self._on_announced(value & 0xFFFF)
 
     # --- serve -----------------------------------------------------------------------------
 
@@ -203,6 +257,8 @@ class Supervisor:
         header, payload_len = received[0], received[1]
         op = header.get("op")
         if op == "run":
+            self._running = True
+            self.reactor.add_reader(self.ready, self._guarded(self._on_code_news))
             deadline = time.monotonic() + float(header["timeout"])
             self.run.deadline = self.reactor.call_at(deadline, self._guarded(self._on_deadline))
             self.run.collect_home = bool(header.get("collect_home"))
@@ -307,6 +363,7 @@ class Supervisor:
         self._ending = True
         self.reactor.remove_reader(self.pidfd)
         self.reactor.remove_reader(self.status_r)
+        self.reactor.remove_reader(self.ready)
         if self.run.deadline is not None:
             self.run.deadline.cancel()
 
@@ -318,21 +375,71 @@ class Supervisor:
         if not self._busy:  # else the job's end finishes: one writer at a time on the socket
             self._finish()
 
+    def _on_announced(self, status: int) -> None:
+        """The code's bootstrap said how it ends, as its last act: report that, once no
+        process of the code can run any more (they may still be exiting)."""
+        if self._ending:
+            return
+        self.run.announced = status
+        self._stop_watching()
+        if not self._busy:
+            self._finish()
+
     def _finish(self) -> None:
         self._drain_control()
+        if self.run.announced is not None:
+            self._finish_announced(time.monotonic() + _KILL_GRACE_S, quick=_QUICK_LOOKS)
+            return
         report = self._report(self._code_status())
         try:
             self._empty_cgroup(self.init_pid, self.pid_a)
         except cgroups.CgroupError as exc:
             report["error"] = str(exc)
+        self._end(report)
+
+    def _finish_announced(self, give_up: float, quick: int = 0) -> None:
+        """The code said how it ended: its processes are killed, and the report goes once
+        each has begun to exit (it runs no more code; the rest of its exit is the kernel's).
+        The announcing process is usually there within a fraction of a millisecond, so it is
+        looked for again a few times at once; after that the poll loop goes on meanwhile,
+        and past the grace the end is init's to report."""
+        while True:
+            left = [pid for pid in self.cgroup.pids() if pid not in (self.init_pid, self.pid_a)]
+            cgroups.kill_pids(left)
+            if all(_exiting(pid) for pid in left):
+                assert self.run.announced is not None
+                self._end(self._report(self.run.announced))
+                return
+            if not quick:
+                break
+            quick -= 1
+            time.sleep(_QUICK_LOOK_S)
+        if time.monotonic() > give_up:
+            self.run.announced = None
+            self._finish()
+        else:
+            later = time.monotonic() + _LATER_LOOK_S
+            self.reactor.call_at(later, self._guarded(lambda: self._finish_announced(give_up)))
+
+    def _end(self, report: dict[str, Any]) -> None:
         report["oom_killed"] = self.cgroup.oom_kills() > 0
+        collect = self.run.collect_home and not self.run.cancelled
+        if not collect:
+            self._close_namespaces()  # before the kill: the sandbox's last exit then unmounts it
         self._kill()
-        if self.run.collect_home and not self.run.cancelled:
+        if collect:
             self._deafen()
             self._job(lambda: self._send_with_home(report), self._clean_up)
         else:
             self._send(report)
             self._clean_up()
+
+    def _close_namespaces(self) -> None:
+        """Whoever drops a mount namespace last unmounts its whole tree (~1 ms, synchronous):
+        better a sandbox process in its exit than this loop, which every sandbox waits on."""
+        if self.ns is not None:
+            self.ns.close()
+            self.ns = None
 
     def _send_with_home(self, report: dict[str, Any]) -> None:
         """In the job process: archive the home, then report with it."""
@@ -367,7 +474,10 @@ class Supervisor:
             time.sleep(0.001)
 
     def _report(self, status: int | None) -> dict[str, Any]:
-        report: dict[str, Any] = {"event": "exited", "timed_out": self.run.timed_out, "signal": None, "error": None}
+        report: dict[str, Any] = {
+            "event": "exited", "timed_out": self.run.timed_out, "signal": None, "error": None,
+            "announced": self.run.announced is not None,
+        }
         if status is None:
             report["exit_code"] = 128 + signal.SIGKILL
             if not (self.run.timed_out or self.run.cancelled):
@@ -379,37 +489,63 @@ class Supervisor:
         return report
 
     def _clean_up(self) -> None:
-        """Once B is gone (killed above) nothing of the sandbox may be left in its cgroup."""
+        """Once A and B are gone (killed above), in the poll loop rather than waiting for
+        them here (an exit takes a millisecond or more, and other sandboxes' news waits
+        meanwhile), nothing of the sandbox may be left in its cgroup."""
         if self._cleaned:
             return
         self._cleaned = True
         self._deafen()
-        _wait_exited([fd for fd in (self.pidfd, self.pidfd_a) if fd >= 0])
-        for fd in (self.pidfd, self.pidfd_a):
+        self._end_handshake()
+        self._close_namespaces()
+        if not self._running and self.ready >= 0:  # an agent may still wait for it to be ready
+            os.eventfd_write(self.ready, GONE)
+        for fd in (self.status_r, self.ready):
             if fd >= 0:
                 os.close(fd)
-        self.pidfd = self.pidfd_a = -1
-        if self.ns is not None:
-            self.ns.close()
-        if self.status_r >= 0:
-            os.close(self.status_r)
+        self.status_r = self.ready = -1
         self.ctl.close()
+        waiting = [fd for fd in (self.pidfd, self.pidfd_a) if fd >= 0]
+        self.pidfd = self.pidfd_a = -1
+        if not waiting:
+            self._release(waiting)
+            return
+        grace = self.reactor.call_at(time.monotonic() + _KILL_GRACE_S, lambda: self._release(waiting))
+        for pidfd in waiting:  # a pidfd reads ready once its process has exited
+            self.reactor.add_reader(pidfd, functools.partial(self._on_exited, pidfd, waiting, grace))
+
+    def _on_exited(self, pidfd: int, waiting: list[int], grace: Timer) -> None:
+        waiting.remove(pidfd)
+        self.reactor.remove_reader(pidfd)
+        os.close(pidfd)
+        if not waiting:
+            grace.cancel()
+            self._release(waiting)
+
+    def _release(self, waiting: list[int]) -> None:
+        """The slot is lent again if nothing is left in it. `waiting`: A or B, if their grace
+        ran out before they exited (whatever is left then keeps the slot)."""
+        for pidfd in waiting:
+            self.reactor.remove_reader(pidfd)
+            os.close(pidfd)
+        waiting.clear()
         try:
             self._empty_cgroup()
             self.cgroup.release()
             empty = True
-        except cgroups.CgroupError:
+        except (cgroups.CgroupError, OSError):
             empty = False  # the slot is never lent again
         self.on_done(self, empty)
 
 
-def _wait_exited(pidfds: list[int]) -> None:
-    """Until the processes behind `pidfds` have exited (a pidfd reads ready then)."""
-    give_up = time.monotonic() + _KILL_GRACE_S
-    waiting = list(pidfds)
-    while waiting and time.monotonic() < give_up:
-        ready, _, _ = select.select(waiting, [], [], max(0.0, give_up - time.monotonic()))
-        waiting = [fd for fd in waiting if fd not in ready]
+def _exiting(pid: int) -> bool:
+    """Whether the process has begun to exit, or is gone (/proc/<pid>/stat's flags)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            stat = handle.read()
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+    return bool(int(stat[stat.rindex(b")") + 2 :].split()[6]) & _PF_EXITING)
 
 
 def _close_all_but(keep: set[int]) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+import time
 
 import pytest
 
@@ -45,6 +46,14 @@ async def test_code_killed_by_its_own_signal_is_reported_as_signal(run, language
 
 # --- nothing outlives a call ---------------------------------------------------------------
 
+FORGED_END = (
+    "import os, subprocess, sys, time\n"
+    "subprocess.Popen(['sleep', '30'])\n"
+    "print('hi', flush=True)\n"
+    "os.write(3, (1 << 32 | 7 << 8).to_bytes(8, sys.byteorder))\n"
+    "time.sleep(30)\n"
+)
+
 CALLS = {
     "python-warm": ("print('hi')", "python", {}),
     "python-cold": ("print('hi')", "python", {"env": {"PYTHONDONTWRITEBYTECODE": "1"}}),
@@ -53,11 +62,24 @@ CALLS = {
     "python-tight": ("print('hi')", "python", {"sandbox": "tight"}),
     # A child the code leaves running, and one that outlives the code by a timeout.
     "bash-background-child": ("sleep 30 & echo hi", "bash", {}),
+    # The end told on fd 3 by the code itself while a child still runs; fd 3 closed, so
+    # init reports the end.
+    "python-forged-end": (FORGED_END, "python", {}),
+    "python-closed-fd3": ("import os\nos.close(3)\nprint('hi')", "python", {}),
     "python-timeout-with-child": (
         "import subprocess, time\nsubprocess.Popen(['sleep', '30'])\nprint('hi', flush=True)\ntime.sleep(30)",
         "python", {"timeout": 1},
     ),
 }
+
+
+async def test_code_that_tells_a_false_end_only_ends_its_own_call(run):
+    """fd 3 is the bootstrap's, but the code can write it: then its call ends at once with
+    the exit code it chose (as os._exit would), and nothing it left running survives."""
+    started = time.monotonic()
+    outcome = await run(FORGED_END, "python", timeout=20)
+    assert (outcome.stdout, outcome.exit_code, outcome.result.timed_out) == ("hi\n", 7, False)
+    assert time.monotonic() - started < 10, "the call waited for its timeout"
 
 
 @pytest.mark.parametrize("name", CALLS)

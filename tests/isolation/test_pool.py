@@ -197,6 +197,33 @@ async def test_status_reflects_pools_and_running_calls():
         assert runtime.status()["pools"]["counted/python"] == {"idle": 0, "target": 1, "claims": 3, "misses": 1}
 
 
+async def test_an_empty_pool_hands_a_call_the_sandbox_being_started():
+    """With no idle sandbox but one being started that no other call waits for, the call
+    takes that one once it is ready (no cold start); a second call finds none to wait for."""
+    async with own_runtime(SandboxConfig(name="pending", warm=1)) as runtime:
+        await runtime.wait_warm(WAIT_S)
+        pool = python_pool(runtime, "pending")
+        held = pool.claim()
+        assert held is not None
+        try:
+            pool.refill()  # one start in flight, promised to nobody
+            first = asyncio.ensure_future(pool.take())
+            await asyncio.sleep(0)  # the first call now waits for the start
+            second = await pool.take()  # the one start is the first call's
+            taken = await first
+            try:
+                assert second is None
+                assert taken is not None and taken is not held and not taken.closed
+                assert pool.idle == 0 and (pool.claims, pool.misses) == (3, 1)
+                outcome = await Runner(runtime)("print('served warm')", sandbox="pending")
+                assert outcome.stdout == "served warm\n"
+            finally:
+                if taken is not None:
+                    await taken.destroy()
+        finally:
+            await held.destroy()
+
+
 async def test_a_dead_spawner_is_replaced_and_its_pools_refilled():
     """Every sandbox dies with its spawner (parent-death signals). The next call finds it gone,
     starts a new one and succeeds; the pools refill from the new one."""

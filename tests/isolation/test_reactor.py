@@ -67,3 +67,27 @@ while os.path.exists(f"/proc/{unwatched}") and time.monotonic() < give_up:
     reactor.run_once(max_wait=0.1)
 seen.append(os.path.exists(f"/proc/{unwatched}"))
 """) == [7, False]
+
+
+def test_an_event_of_a_closed_fd_never_reaches_the_reader_that_reuses_its_number() -> None:
+    """One round's callbacks may close an fd whose event is still to be handled and open a
+    new fd under the same number (a new sandbox's): the new reader is not called for it."""
+    assert _run("""
+r1, w1 = os.pipe()
+r2, w2 = os.pipe()
+os.write(w1, b"x")
+os.write(w2, b"x")
+first, second = sorted((r1, r2))
+def on_first():
+    seen.append("first")
+    os.read(first, 1)
+    reactor.remove_reader(second)
+    os.close(second)
+    fresh_r, _ = os.pipe()  # takes the number just closed; nothing to read on it
+    assert fresh_r == second
+    reactor.add_reader(fresh_r, lambda: seen.append("fresh, wrongly"))
+reactor.add_reader(first, on_first)
+reactor.add_reader(second, lambda: seen.append("closed, wrongly"))
+reactor.run_once(max_wait=1)
+reactor.run_once(max_wait=0.05)
+""") == ["first"]

@@ -100,6 +100,11 @@ PYTHON = {
     "pickle-main-class": "import pickle\nclass C: pass\nprint(type(pickle.loads(pickle.dumps(C()))).__qualname__)",
     "warning": "import warnings; warnings.warn('careful')",
     "keyboard-interrupt": "raise KeyboardInterrupt",
+    # A fork's exit runs the atexit callbacks it inherited: it must not end the parent's call.
+    "fork-child-exits": (
+        "import os, sys, time\npid = os.fork()\nif pid == 0:\n    sys.exit(4)\n"
+        "print(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])); time.sleep(0.2); print('parent done')"
+    ),
 }
 
 

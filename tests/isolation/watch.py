@@ -216,20 +216,23 @@ def strays(trace: Trace) -> list[str]:
     return found
 
 
-def _lingering(trace: Trace, processes: list[HostProcess]) -> list[str]:
-    """Which of `processes` still run, and which of the call's cgroups still hold any of them."""
+def _lingering(trace: Trace, processes: list[HostProcess], *, exiting_counts: bool = True) -> list[str]:
+    """Which of `processes` still run, and which of the call's cgroups still hold any of them
+    (but for those that have begun to exit, unless `exiting_counts`)."""
     alive = [f"host pid {p.pid} (uid {p.uid})" for p in processes if p.alive()]
-    pids = {p.pid for p in processes}
+    pids = {p.pid for p in processes if exiting_counts or p.alive()}
     held = [f"{d} still holds {sorted(set(_tasks(d)) & pids)}" for d in trace.cgroup_dirs if set(_tasks(d)) & pids]
     return alive + held
 
 
 async def assert_cleaned_up(trace: Trace) -> None:
-    """Nothing of the code runs once the caller has the result; within a short grace neither
-    does Baponi's own part of the sandbox (its init), and its cgroups hold none of it (they
-    are reused as slots, so they may hold the next sandbox's processes)."""
+    """Nothing of the code runs once the caller has the result (its processes are gone, or
+    exiting: what is left is the kernel's); within a short grace nothing of the sandbox is
+    left, Baponi's own part (its init) included, and its cgroups hold none of it (they are
+    reused as slots, so they may hold the next sandbox's processes)."""
     assert trace.code_processes, "the watcher never saw the code's processes in the sandbox's cgroup"
-    assert _lingering(trace, trace.code_processes) == [], "the code's processes outlived the call"
+    lingering = _lingering(trace, trace.code_processes, exiting_counts=False)
+    assert lingering == [], f"the code's processes outlived the call: {lingering}"
     give_up = time.monotonic() + CLEANUP_GRACE_S
     while (left := _lingering(trace, list(trace.processes.values()))) and time.monotonic() < give_up:
         await asyncio.sleep(0.01)
