@@ -98,7 +98,7 @@ def _baponi_zygote():
 
     os.closerange(4, os.sysconf("SC_OPEN_MAX"))  # what the spawner held when it started us
     spawner = socket.socket(fileno=os.dup(3))
-    os.close(3)  # in each sandbox, fd 3 is its ready pipe
+    os.close(3)  # in each sandbox, fd 3 is its ready eventfd
     # Loaded from a copy in memory, so no sandbox's /proc/self/maps names the host's path to it.
     copy = os.memfd_create("baponi-launch")
     with open(spawner.recv(4096).decode(), "rb") as library:
