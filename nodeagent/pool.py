@@ -54,28 +54,31 @@ class WarmPool:
         small program, and on a busy node it would compete with the very call that claimed.
         The caller calls `refill()` once its execution is over.
         """
-        sandbox = self._pop_idle()
-        self.claims += 1
-        if sandbox is None:
-            self.misses += 1
-        return sandbox
+        return self._counted(self._pop_idle())
 
     async def take(self) -> Sandbox | None:
         """As claim(), but when the pool is empty, the next sandbox being started that no
         other call waits for, once it is ready (None if it fails to start, or is stuck)."""
         sandbox = self._pop_idle()
-        self.claims += 1
         if sandbox is None and self._starting > len(self._waiters) and not self._closed:
-            waiter: asyncio.Future[Sandbox | None] = asyncio.get_running_loop().create_future()
-            self._waiters.append(waiter)
-            try:
-                async with asyncio.timeout(_WAIT_FOR_START_S):
-                    sandbox = await waiter
-            except TimeoutError:
-                pass
-            finally:
-                if waiter in self._waiters:
-                    self._waiters.remove(waiter)
+            sandbox = await self._wait_for_start()
+        return self._counted(sandbox)
+
+    async def _wait_for_start(self) -> Sandbox | None:
+        waiter: asyncio.Future[Sandbox | None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            async with asyncio.timeout(_WAIT_FOR_START_S):
+                return await waiter
+        except TimeoutError:
+            # Handed over in the same turn the time ran out: it is this call's all the same.
+            return waiter.result() if waiter.done() and not waiter.cancelled() else None
+        finally:
+            if waiter in self._waiters:
+                self._waiters.remove(waiter)
+
+    def _counted(self, sandbox: Sandbox | None) -> Sandbox | None:
+        self.claims += 1
         if sandbox is None:
             self.misses += 1
         return sandbox

@@ -3,8 +3,8 @@
 Each one signals readiness on fd 3, reads the request (code and env, in
 nodeagent/isolation/request.py's format) from stdin to its end, takes the call's environment
 as its own and runs the code the way `python3 -c` or `node -e` would; as its last act it
-tells on fd 3 how the code ended, so the call need not wait for the process's slow exit. They are passed on the command line, so no file of Baponi's
-needs to exist inside the image.
+tells on fd 3 how the code ended, so the call need not wait for the process's slow exit.
+They are passed on the command line, so no file of Baponi's needs to exist inside the image.
 """
 
 from importlib.resources import files

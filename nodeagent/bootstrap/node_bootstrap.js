@@ -15,9 +15,10 @@
   process.stderr.write('');
   // fd 3, an eventfd the sandbox's supervisor reads, stays open to say how the code ended
   // (nodeagent/isolation/supervisor.py). Eventfds take a native-endian 64-bit count.
+  const littleEndian = require('os').endianness() === 'LE';
   const count = (value) => {
     const buffer = Buffer.alloc(8);
-    if (require('os').endianness() === 'LE') buffer.writeBigUInt64LE(value);
+    if (littleEndian) buffer.writeBigUInt64LE(value);
     else buffer.writeBigUInt64BE(value);
     return buffer;
   };

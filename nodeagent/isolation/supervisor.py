@@ -117,7 +117,7 @@ class Supervisor:
         self.pid_a = self.init_pid = 0
         self.pidfd = self.pidfd_a = self.status_r = self.ready = -1
         self.ns: injection.Namespaces | None = None
-        self._listening = self._ending = self._busy = self._cleaned = self._running = self._mapped = False
+        self._listening = self._ending = self._busy = self._cleaned = self._mapped = False
         self._handshake: tuple[int, ...] = ()  # while starting: the up pipe's read end, the down pipe's write end
 
     # --- start -----------------------------------------------------------------------------
@@ -257,7 +257,6 @@ class Supervisor:
         header, payload_len = received[0], received[1]
         op = header.get("op")
         if op == "run":
-            self._running = True
             self.reactor.add_reader(self.ready, self._guarded(self._on_code_news))
             deadline = time.monotonic() + float(header["timeout"])
             self.run.deadline = self.reactor.call_at(deadline, self._guarded(self._on_deadline))
@@ -498,7 +497,7 @@ class Supervisor:
         self._deafen()
         self._end_handshake()
         self._close_namespaces()
-        if not self._running and self.ready >= 0:  # an agent may still wait for it to be ready
+        if self.run.deadline is None and self.ready >= 0:  # never run: an agent may still wait on it
             os.eventfd_write(self.ready, GONE)
         for fd in (self.status_r, self.ready):
             if fd >= 0:

@@ -62,8 +62,8 @@ CALLS = {
     "python-tight": ("print('hi')", "python", {"sandbox": "tight"}),
     # A child the code leaves running, and one that outlives the code by a timeout.
     "bash-background-child": ("sleep 30 & echo hi", "bash", {}),
-    # The end told on fd 3 by the code itself while a child still runs; fd 3 closed, so
-    # init reports the end.
+    # Code telling a false end on fd 3 while its child runs; code that closed fd 3, whose end
+    # init reports.
     "python-forged-end": (FORGED_END, "python", {}),
     "python-closed-fd3": ("import os\nos.close(3)\nprint('hi')", "python", {}),
     "python-timeout-with-child": (
