@@ -88,7 +88,8 @@ def _baponi_bootstrap():
 
 def _baponi_zygote():
     """Fork a sandbox for each request of the spawner, until it closes the socket; returns
-    only in a sandbox's code process, with the interpreter as a fresh start would have it."""
+    only in a sandbox's code process (or the trial's fork), with the interpreter as a fresh
+    start would have it."""
     import ctypes
     import gc
     import os
@@ -105,30 +106,90 @@ def _baponi_zygote():
         view = memoryview(library.read())
     while view:
         view = view[os.write(copy, view):]
-    spawn = ctypes.PyDLL(f"/proc/self/fd/{copy}").baponi_zygote_spawn  # PyDLL: the GIL stays held
+    launcher = ctypes.PyDLL(f"/proc/self/fd/{copy}")  # PyDLL: the GIL stays held
     os.close(copy)
+    spawn, learn = launcher.baponi_zygote_spawn, launcher.baponi_zygote_learn
     spawn.argtypes, spawn.restype = [ctypes.c_int * 8], ctypes.c_int
     gc.freeze()  # shared by every sandbox: no collection there touches (so copies) these pages
-    spawner.sendall(b"R")
-    while True:
-        _, fds, _, _ = socket.recv_fds(spawner, 1, 8)
-        if len(fds) != 8:
-            os._exit(0)  # the spawner is gone (or broke the protocol): so is every sandbox
-        pid = spawn((ctypes.c_int * 8)(*fds))
-        if pid == 0:
-            break
-        for fd in fds:
-            os.close(fd)
-        spawner.sendall(str(pid).encode())
-    # In C of the sandbox: the launcher closed every other fd, dropped privileges and reset
-    # the signal dispositions. Now what os.fork() does for Python, then the dispositions
-    # python sets at start-up.
-    ctypes.pythonapi.PyOS_AfterFork_Child()
+    if not _baponi_trial(learn):  # in the trial's fork, the same path from here on
+        spawner.sendall(b"R")
+        while True:
+            _, fds, _, _ = socket.recv_fds(spawner, 1, 8)
+            if len(fds) != 8:
+                os._exit(0)  # the spawner is gone (or broke the protocol): so is every sandbox
+            pid = spawn((ctypes.c_int * 8)(*fds))
+            if pid == 0:
+                break
+            for fd in fds:
+                os.close(fd)
+            spawner.sendall(str(pid).encode())
+        # In C of the sandbox: the launcher closed every other fd, dropped privileges and reset
+        # the signal dispositions. Now what os.fork() does for Python, then the dispositions
+        # python sets at start-up.
+        ctypes.pythonapi.PyOS_AfterFork_Child()
     spawner.detach()
     site.USER_BASE = site.USER_SITE = None  # the zygote's were made from another home
     signal.signal(signal.SIGINT, signal.default_int_handler)
     for quiet in (signal.SIGPIPE, signal.SIGXFSZ):
         signal.signal(quiet, signal.SIG_IGN)
+
+
+def _baponi_trial(learn):
+    """Run a trivial request in a fork of the zygote, stop it when its code is done and tell
+    the launcher which pages it wrote, for every sandbox to copy ahead (launcher.c,
+    own_written_pages). True in the fork, which goes on as a sandbox would; on the host,
+    as root, but running only this constant request."""
+    import ctypes
+    import os
+    import signal
+
+    source = b"print(1)\nimport os, signal\nos.kill(os.getpid(), signal.SIGSTOP)\n"
+    request, ready = os.pipe(), os.eventfd(0)
+    os.write(request[1], b"%d\n%sHOME=/nonexistent\0" % (len(source), source))
+    os.close(request[1])
+    child = os.fork()
+    if child == 0:
+        os.dup2(request[0], 0)
+        os.dup2(ready, 3)
+        return True
+    os.close(request[0])
+    os.close(ready)
+    _, status = os.waitpid(child, os.WUNTRACED)
+    if os.WIFSTOPPED(status):
+        runs = _written_runs(child)
+        learn((ctypes.c_ulong * len(runs))(*runs), len(runs) // 2)
+        os.kill(child, signal.SIGKILL)
+        os.waitpid(child, 0)
+    return False
+
+
+def _written_runs(pid):
+    """Start and length of each run of private writable pages that only `pid` maps, flat:
+    in a fork, the pages it has written (copied on write) or touched first (bit 56 of
+    /proc/pid/pagemap; see proc(5))."""
+    import os
+
+    page = os.sysconf("SC_PAGE_SIZE")
+    runs = []
+    pagemap = os.open(f"/proc/{pid}/pagemap", os.O_RDONLY)
+    try:
+        with open(f"/proc/{pid}/maps") as maps:
+            for line in maps:
+                span, perms = line.split()[:2]
+                if perms != "rw-p":
+                    continue
+                start, end = (int(bound, 16) for bound in span.split("-"))
+                entries = memoryview(os.pread(pagemap, (end - start) // page * 8, start // page * 8)).cast("Q")
+                for index, entry in enumerate(entries):
+                    if entry >> 56 & 1:
+                        address = start + index * page
+                        if runs and runs[-2] + runs[-1] == address:
+                            runs[-1] += page
+                        else:
+                            runs += [address, page]
+    finally:
+        os.close(pagemap)
+    return runs
 
 
 def _die_by_sigint():

@@ -20,7 +20,8 @@
  * Built with -DBAPONI_LIBRARY it is also a shared library for a zygote: an interpreter that
  * has already started calls baponi_zygote_spawn(), which makes A a sibling of the zygote
  * (CLONE_PARENT: the supervisor's child, as when it is spawned) and in C, instead of the
- * plan's exec, returns 0 into the interpreter, now inside the sandbox.
+ * plan's exec, returns 0 into the interpreter, now inside the sandbox, having copied the
+ * pages that baponi_zygote_learn() named.
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -487,22 +488,29 @@ static void launch(void) {
 #define MADV_POPULATE_WRITE 23
 #endif
 
-/* Give this process its own copy of every private writable page now, while the sandbox is
- * idle: the interpreter writes to many of them (reference counts) when it runs the code, and
- * each first write to a page shared with the zygote would be a fault and a copy then. This
- * copies ~6 MiB (~2 ms of CPU a sandbox, still far below an interpreter's start) and takes
- * ~0.5 ms off the claim; left to copy on write, executions per second were ~15% higher. */
-static void own_private_pages(void) {
-    FILE *maps = fopen("/proc/self/maps", "r");
-    if (!maps) return; /* an optimisation only */
-    char line[512];
-    while (fgets(line, sizeof line, maps)) {
-        unsigned long start, end;
-        char perms[5];
-        if (sscanf(line, "%lx-%lx %4s", &start, &end, perms) == 3 && strcmp(perms, "rw-p") == 0)
-            madvise((void *)start, end - start, MADV_POPULATE_WRITE);
-    }
-    fclose(maps);
+/* Page runs (start, length pairs) that a trial run in the zygote wrote: what running any
+ * code writes (reference counts of the interpreter's own objects, its allocator's free
+ * lists, the stack), learned once by python_bootstrap.py's _baponi_trial. */
+static unsigned long *written_runs;
+static int written_count;
+
+int baponi_zygote_learn(const unsigned long *runs, int count) {
+    unsigned long *copy = malloc(sizeof *runs * 2 * (size_t)count);
+    if (!copy) return -1;
+    memcpy(copy, runs, sizeof *runs * 2 * (size_t)count);
+    free(written_runs);
+    written_runs = copy;
+    written_count = count;
+    return 0;
+}
+
+/* Give this process its own copy of the pages the code's run will write, while the sandbox is
+ * idle: each first write to a page shared with the zygote would be a fault and a copy in the
+ * call. Only those the trial wrote (~1 MiB of the zygote's ~7 MiB writable): copying all of
+ * them cost ~4 ms of CPU a sandbox, a third of the CPU an execution took under load. */
+static void own_written_pages(void) {
+    for (int i = 0; i < written_count; i++) /* an optimisation only: a run since unmapped fails */
+        madvise((void *)written_runs[2 * i], written_runs[2 * i + 1], MADV_POPULATE_WRITE);
 }
 
 /* In the zygote: A's pid (or -1); in the sandbox's C, 0. `fds` are A's fds 0-7 (see the
@@ -521,7 +529,7 @@ int baponi_zygote_spawn(const int fds[8]) {
     }
     in_zygote = 1;
     launch();
-    own_private_pages();
+    own_written_pages();
     return 0;
 }
 #else

@@ -13,7 +13,15 @@ from pathlib import Path
 from nodeagent.config import SandboxConfig
 from nodeagent.runtime import Runtime
 from tests.conftest import Runner
-from tests.isolation.runtimes import WAIT_S, alive, own_runtime, processes, wait_until
+from tests.isolation.runtimes import (
+    SANDBOX_UIDS,
+    WAIT_S,
+    alive,
+    in_cgroup_subtree,
+    own_runtime,
+    processes,
+    wait_until,
+)
 
 # The blocked, ignored and caught signal masks, of the standard signals (1-31: the host's
 # processes inherit dispositions of glibc's own real-time signals from their parents).
@@ -23,13 +31,21 @@ FRESH_STATE = (
 )
 
 
+def _pythons() -> set[int]:
+    pids = set()
+    for p in processes():
+        try:
+            if Path(f"/proc/{p.pid}/exe").resolve().name.startswith("python3"):
+                pids.add(p.pid)
+        except OSError:
+            pass
+    return pids
+
+
 def _zygotes(runtime: Runtime) -> list[int]:
     """The spawner's children that are python processes of host root: its zygotes."""
     spawner = runtime._spawner._process.pid  # type: ignore[union-attr]  # white-box: whose children
-    return [
-        p.pid for p in processes()
-        if p.ppid == spawner and p.uid == 0 and Path(f"/proc/{p.pid}/exe").resolve().name.startswith("python3")
-    ]
+    return [p.pid for p in processes() if p.ppid == spawner and p.uid == 0 and p.pid in _pythons()]
 
 
 async def test_warm_python_sandboxes_come_from_one_zygote_that_holds_none_of_their_fds():
@@ -52,6 +68,34 @@ async def test_a_forked_sandbox_sees_no_host_path_of_the_agent_in_its_memory_map
     assert "baponi-launch" in outcome.stdout, outcome.stderr  # the library is there...
     assert str(runtime.data_dir) not in outcome.stdout  # ...under no host path
     assert "/memfd:baponi-launch" in outcome.stdout
+
+
+def _private_dirty_kib(smaps_rollup: str) -> int:
+    return next(int(line.split()[1]) for line in smaps_rollup.splitlines() if line.startswith("Private_Dirty:"))
+
+
+async def test_a_warm_sandbox_owns_the_pages_a_run_writes_before_its_call_and_no_more():
+    """While idle it copies what the zygote's trial run wrote, so a call's first writes take no
+    copy-on-write faults; not the zygote's whole writable memory, which cost a third of the
+    CPU of an execution under load (docs/benchmarks.md)."""
+    async with own_runtime(SandboxConfig(name="owned", warm=1)) as runtime:
+        await runtime.wait_warm(WAIT_S)
+        [zygote] = _zygotes(runtime)
+        writable_kib = sum(
+            (int(end, 16) - int(start, 16)) // 1024
+            for start, end, perms in (
+                (*line.split()[0].split("-"), line.split()[1]) for line in Path(f"/proc/{zygote}/maps").read_text().splitlines()
+            )
+            if perms == "rw-p"
+        )
+        [code] = [  # the warm python's interpreter: the code's user, not the sandbox's root
+            p for p in in_cgroup_subtree(runtime.cgroup_parent)
+            if p.uid in SANDBOX_UIDS and p.uid != SANDBOX_UIDS.start and p.pid in _pythons()
+        ]
+        idle_kib = _private_dirty_kib(Path(f"/proc/{code.pid}/smaps_rollup").read_text())
+        outcome = await Runner(runtime)("print(open('/proc/self/smaps_rollup').read())", sandbox="owned")
+    run_kib = _private_dirty_kib(outcome.stdout)
+    assert run_kib * 0.8 <= idle_kib <= writable_kib / 2, (idle_kib, run_kib, writable_kib)
 
 
 async def test_each_forked_interpreter_is_as_fresh_as_a_started_one():
