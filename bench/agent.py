@@ -1,6 +1,6 @@
 """Node-agent benchmark: claim-to-exit latency, cold starts and throughput, beside baselines.
 
-Run as root: `sudo .venv/bin/python -m bench.agent [--runs N]`. Every figure of one run is
+Run as root: `.venv/bin/python -m bench.agent [--runs N]`. Every figure of one run is
 measured on the same machine at the same time, so the comparison with the baselines (the
 same interpreter as a plain unisolated subprocess, and bubblewrap when `bwrap` is installed)
 holds even where absolute numbers differ between machines.

@@ -1,6 +1,6 @@
 """End-to-end benchmark: `POST /v1/sandbox/execute` through a real `baponi serve`.
 
-Run as root: `sudo .venv/bin/python -m bench.http [--runs N]`. In the same run it measures
+Run as root: `.venv/bin/python -m bench.http [--runs N]`. In the same run it measures
 the agent-level warm claim (no HTTP) and a plain unisolated `python3 -c` cold start, so the
 HTTP figures are read against baselines taken on the same machine at the same time. The
 calls are made by curl (C, keep-alive), so the load generator costs the cores little.
