@@ -59,8 +59,8 @@ enum { EXIT_ENTRY = 110, EXIT_NO_MAPS = 111, EXIT_SETUP = 112, EXIT_START = 113,
 
 struct record {
     int count;
-    char *field[MAX_FIELDS];
-    size_t length[MAX_FIELDS];
+    char **field; /* NUL-terminated in place, in the plan as read */
+    size_t *length;
 };
 
 struct plan {
@@ -91,7 +91,7 @@ static void check(int result, const char *what, const char *arg) {
 
 /* --- the plan: netstrings ("<len>:<bytes>,"), a record being a netstring of netstrings ---- */
 
-static const char *netstring(const char *buf, size_t size, size_t *pos, size_t *length) {
+static char *netstring(char *buf, size_t size, size_t *pos, size_t *length) {
     size_t p = *pos, n = 0;
     if (p >= size || buf[p] < '0' || buf[p] > '9') return NULL;
     while (p < size && buf[p] >= '0' && buf[p] <= '9') {
@@ -106,14 +106,25 @@ static const char *netstring(const char *buf, size_t size, size_t *pos, size_t *
     return buf + p;
 }
 
+/* Memory of the launcher's own: a fresh private mapping, not the C library's heap. In a
+ * zygote's fork that heap is the interpreter's, shared with the zygote, and each first write
+ * to one of its pages is a fault and a copy: a plan's ~200 records cost A ~160 of them. */
+static void *fresh(size_t size) {
+    void *memory = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (memory == MAP_FAILED) fail("out of memory");
+    return memory;
+}
+
 static char *read_all(int fd, size_t *size) {
-    size_t capacity = 1 << 16, used = 0;
-    char *buf = malloc(capacity + 1);
+    size_t capacity = 1 << 17, used = 0;
+    char *buf = fresh(capacity);
     for (;;) {
-        if (!buf) fail("out of memory");
-        if (used == capacity) buf = realloc(buf, (capacity *= 2) + 1);
-        if (!buf) fail("out of memory");
-        ssize_t n = read(fd, buf + used, capacity - used);
+        if (used == capacity - 1) { /* one byte stays free for the final NUL */
+            buf = mremap(buf, capacity, capacity * 2, MREMAP_MAYMOVE);
+            if (buf == MAP_FAILED) fail("out of memory");
+            capacity *= 2;
+        }
+        ssize_t n = read(fd, buf + used, capacity - 1 - used);
         if (n < 0 && errno == EINTR) continue;
         check((int)n, "read", fd == FD_PLAN ? "plan" : "request");
         if (n == 0) break;
@@ -124,27 +135,29 @@ static char *read_all(int fd, size_t *size) {
     return buf;
 }
 
-static void parse_plan(const char *buf, size_t size, struct plan *plan) {
-    size_t pos = 0, length;
+/* Parsed in place: each field's closing ',' becomes its NUL. The arrays are sized for the
+ * most records and fields `size` bytes can hold; only the pages used are ever touched. */
+static void parse_plan(char *buf, size_t size, struct plan *plan) {
+    size_t pos = 0, length, most = size / 3 + 1, fields = 0; /* "0:," is the shortest netstring */
     plan->count = 0;
-    plan->records = NULL;
+    plan->records = fresh(most * sizeof(struct record));
+    char **field = fresh(most * sizeof(char *));
+    size_t *lengths = fresh(most * sizeof(size_t));
     while (pos < size) {
-        const char *body = netstring(buf, size, &pos, &length);
+        char *body = netstring(buf, size, &pos, &length);
         if (!body) fail("malformed plan at byte %zu", pos);
-        plan->records = realloc(plan->records, sizeof(struct record) * (size_t)(plan->count + 1));
-        if (!plan->records) fail("out of memory");
         struct record *record = &plan->records[plan->count++];
         record->count = 0;
+        record->field = field + fields;
+        record->length = lengths + fields;
         size_t inner = 0, field_length;
         while (inner < length) {
-            const char *field = netstring(body, length, &inner, &field_length);
-            if (!field || record->count == MAX_FIELDS) fail("malformed plan record %d", plan->count);
-            char *copy = malloc(field_length + 1);
-            if (!copy) fail("out of memory");
-            memcpy(copy, field, field_length);
-            copy[field_length] = '\0';
-            record->field[record->count] = copy;
+            char *value = netstring(body, length, &inner, &field_length);
+            if (!value || record->count == MAX_FIELDS) fail("malformed plan record %d", plan->count);
+            value[field_length] = '\0';
+            record->field[record->count] = value;
             record->length[record->count++] = field_length;
+            fields++;
         }
         if (record->count == 0) fail("empty plan record %d", plan->count);
     }
