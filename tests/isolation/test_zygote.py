@@ -31,21 +31,17 @@ FRESH_STATE = (
 )
 
 
-def _pythons() -> set[int]:
-    pids = set()
-    for p in processes():
-        try:
-            if Path(f"/proc/{p.pid}/exe").resolve().name.startswith("python3"):
-                pids.add(p.pid)
-        except OSError:
-            pass
-    return pids
+def _is_python(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/exe").resolve().name.startswith("python3")
+    except OSError:  # gone meanwhile
+        return False
 
 
 def _zygotes(runtime: Runtime) -> list[int]:
     """The spawner's children that are python processes of host root: its zygotes."""
     spawner = runtime._spawner._process.pid  # type: ignore[union-attr]  # white-box: whose children
-    return [p.pid for p in processes() if p.ppid == spawner and p.uid == 0 and p.pid in _pythons()]
+    return [p.pid for p in processes() if p.ppid == spawner and p.uid == 0 and _is_python(p.pid)]
 
 
 async def test_warm_python_sandboxes_come_from_one_zygote_that_holds_none_of_their_fds():
@@ -70,6 +66,16 @@ async def test_a_forked_sandbox_sees_no_host_path_of_the_agent_in_its_memory_map
     assert "/memfd:baponi-launch" in outcome.stdout
 
 
+def _writable_kib(pid: int) -> int:
+    total = 0
+    for line in Path(f"/proc/{pid}/maps").read_text().splitlines():
+        span, perms = line.split()[:2]
+        if perms == "rw-p":
+            start, end = (int(bound, 16) for bound in span.split("-"))
+            total += (end - start) // 1024
+    return total
+
+
 def _private_dirty_kib(smaps_rollup: str) -> int:
     return next(int(line.split()[1]) for line in smaps_rollup.splitlines() if line.startswith("Private_Dirty:"))
 
@@ -81,16 +87,10 @@ async def test_a_warm_sandbox_owns_the_pages_a_run_writes_before_its_call_and_no
     async with own_runtime(SandboxConfig(name="owned", warm=1)) as runtime:
         await runtime.wait_warm(WAIT_S)
         [zygote] = _zygotes(runtime)
-        writable_kib = sum(
-            (int(end, 16) - int(start, 16)) // 1024
-            for start, end, perms in (
-                (*line.split()[0].split("-"), line.split()[1]) for line in Path(f"/proc/{zygote}/maps").read_text().splitlines()
-            )
-            if perms == "rw-p"
-        )
+        writable_kib = _writable_kib(zygote)
         [code] = [  # the warm python's interpreter: the code's user, not the sandbox's root
             p for p in in_cgroup_subtree(runtime.cgroup_parent)
-            if p.uid in SANDBOX_UIDS and p.uid != SANDBOX_UIDS.start and p.pid in _pythons()
+            if p.uid in SANDBOX_UIDS and p.uid != SANDBOX_UIDS.start and _is_python(p.pid)
         ]
         idle_kib = _private_dirty_kib(Path(f"/proc/{code.pid}/smaps_rollup").read_text())
         outcome = await Runner(runtime)("print(open('/proc/self/smaps_rollup').read())", sandbox="owned")
