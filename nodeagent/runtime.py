@@ -13,7 +13,6 @@ import fcntl
 import hashlib
 import os
 import stat
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -26,7 +25,7 @@ from .images.default import DEFAULT_IMAGE, default_image
 from .isolation import launcher, seccomp
 from .isolation.cgroups import Limits
 from .isolation.injection import InjectionError, data_target
-from .isolation.spawner import Spawner
+from .isolation.spawner import Recipe, Spawner
 from .isolation.layout import HOME
 from .isolation.plan import sandbox_plan
 from .isolation.spec import SandboxSpec
@@ -115,8 +114,8 @@ class Runtime:
         self._launcher_path = ""
         self._respawning = asyncio.Lock()
         self._bpf = b""
-        # One plan per (config, language, mode): it holds nothing that differs between sandboxes.
-        self._plans: dict[tuple[str, str, str], bytes] = {}
+        # One recipe per (config, language, mode): nothing in it differs between sandboxes.
+        self._recipes: dict[tuple[str, str, str], Recipe] = {}
         self._recycler: asyncio.Task | None = None
         self._lock = -1  # the data directory's lock, held from start() to close()
 
@@ -157,7 +156,6 @@ class Runtime:
 
     def _spec(self, config: SandboxConfig, language: str, mode: str) -> SandboxSpec:
         return SandboxSpec(
-            sandbox_id=f"{config.name}-{language}-{uuid.uuid4().hex[:12]}",
             image=self.images[config.image],
             language=language,
             mode=mode,  # type: ignore[arg-type]
@@ -186,13 +184,16 @@ class Runtime:
                     pool.drop_idle()
         return self._spawner
 
+    def _recipe(self, config: SandboxConfig, language: str, mode: str) -> Recipe:
+        recipe = self._recipes.get((config.name, language, mode))
+        if recipe is None:
+            spec = self._spec(config, language, mode)
+            recipe = self._recipes[(config.name, language, mode)] = Recipe(spec.supervision(), sandbox_plan(spec, self._bpf))
+        return recipe
+
     async def _start_sandbox(self, config: SandboxConfig, language: str, mode: str) -> Sandbox:
         spawner = await self._live_spawner()
-        spec = self._spec(config, language, mode)
-        plan = self._plans.get((config.name, language, mode))
-        if plan is None:
-            plan = self._plans[(config.name, language, mode)] = sandbox_plan(spec, self._bpf)
-        sandbox = Sandbox(spec, spawner.spawn(spec.supervision(), plan), config.output_limit)
+        sandbox = Sandbox(spawner.spawn(self._recipe(config, language, mode)), config.output_limit)
         try:
             await sandbox.wait_ready()
         except BaseException:

@@ -11,7 +11,6 @@ from .execution import ExecutionRequest, ExecutionResult, OutputChunk, Stream
 from .isolation import frames
 from .isolation import request as wire_request
 from .isolation.spawner import SandboxPipes
-from .isolation.spec import SandboxSpec
 from .isolation.supervisor import READY
 
 _READ_SIZE = 1 << 16
@@ -94,8 +93,7 @@ async def _write_all(fd: int, data: bytes) -> None:
 class Sandbox:
     """One isolated sandbox, started ahead or on demand, serving exactly one execution."""
 
-    def __init__(self, spec: SandboxSpec, pipes: SandboxPipes, output_limit: int) -> None:
-        self.spec = spec
+    def __init__(self, pipes: SandboxPipes, output_limit: int) -> None:
         self.pipes = pipes
         self.output_limit = output_limit
         self.created = time.monotonic()

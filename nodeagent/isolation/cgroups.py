@@ -6,7 +6,9 @@ host mounts, so one code path never guesses at the other's files.
 
 Groups are slots, reused from sandbox to sandbox: moving the first process into a brand-new
 memory cgroup costs the kernel 7-15 ms, moving one into a used one well under 1 ms. A slot is
-handed out only once it is empty; its limits are rewritten and its OOM counter re-based.
+handed out only once it is empty; its limits are rewritten and its OOM counter re-based. The
+files each sandbox writes or reads again are kept open with their slot: opening them anew
+cost every sandbox seven path walks of the spawner's.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 _CPU_PERIOD_US = 100_000
@@ -42,6 +44,7 @@ class Limits:
 
 
 class Cgroup(Protocol):
+    def begin(self) -> None: ...
     def add(self, pid: int) -> None: ...
     def pids(self) -> list[int]: ...
     def oom_kills(self) -> int: ...
@@ -62,11 +65,30 @@ def _write(path: Path, value: str | int) -> None:
     path.write_text(str(value))
 
 
-def _read_pids(path: Path) -> list[int]:
+def _read_pids(path: Path | str) -> list[int]:
+    """Opened anew each time: a v1 cgroup.procs file keeps the list it first read for as
+    long as it stays open."""
     try:
-        return [int(line) for line in path.read_text().split()]
+        with open(path, "rb") as handle:
+            return [int(line) for line in handle.read().split()]
     except FileNotFoundError:
         return []
+
+
+class _Knob:
+    """A cgroup file kept open with its slot, written or read from its start each time."""
+
+    def __init__(self, path: Path, *, write: bool = False) -> None:
+        self._fd = os.open(path, os.O_WRONLY if write else os.O_RDONLY)
+
+    def write(self, value: int) -> None:
+        os.write(self._fd, str(value).encode())
+
+    def read(self) -> str:
+        return os.pread(self._fd, 4096, 0).decode()
+
+    def close(self) -> None:
+        os.close(self._fd)
 
 
 def _rmdir(path: Path) -> None:
@@ -92,34 +114,79 @@ def kill_pids(pids: list[int]) -> None:
             pass
 
 
-def _counter(path: Path, key: str) -> int:
-    try:
-        for line in path.read_text().splitlines():
-            name, _, value = line.partition(" ")
-            if name == key:
-                return int(value)
-    except FileNotFoundError:
-        pass
+def _counter(text: str, key: str) -> int:
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name == key:
+            return int(value)
     return 0
 
 
-class _V1Cgroup:
-    def __init__(self, dirs: dict[str, Path]) -> None:
-        self._dirs = dirs
-        self._oom_base = self._oom_counter()
+class _Slot:
+    """What a slot of either hierarchy keeps: its files, open, and where this sandbox's OOM
+    kills are counted from."""
+
+    def __init__(self, oom_events: Path, procs: list[Path], usage: Path) -> None:
+        self._knobs: list[_Knob] = []
+        try:
+            self._oom_events = self._open(oom_events)
+            self._procs = [self._open(path, write=True) for path in procs]
+            self._usage = self._open(usage)
+        except OSError:
+            self.close()
+            raise
+        self._oom_base = 0
+
+    def _open(self, path: Path, *, write: bool = False) -> _Knob:
+        knob = _Knob(path, write=write)
+        self._knobs.append(knob)
+        return knob
+
+    def close(self) -> None:
+        for knob in self._knobs:
+            knob.close()
+        self._knobs.clear()
 
     def _oom_counter(self) -> int:
-        return _counter(self._dirs["memory"] / "memory.oom_control", "oom_kill")
+        return _counter(self._oom_events.read(), "oom_kill")
 
-    def add(self, pid: int) -> None:
-        for directory in self._dirs.values():
-            _write(directory / "cgroup.procs", pid)
-
-    def pids(self) -> list[int]:
-        return _read_pids(self._dirs["pids"] / "cgroup.procs")
+    def begin(self) -> None:
+        """A new sandbox: its OOM kills are counted from here."""
+        self._oom_base = self._oom_counter()
 
     def oom_kills(self) -> int:
         return self._oom_counter() - self._oom_base
+
+    def add(self, pid: int) -> None:
+        for procs in self._procs:
+            procs.write(pid)
+
+    def _charged(self) -> int:
+        return int(self._usage.read())
+
+
+_S = TypeVar("_S", bound=_Slot)
+
+
+def _close_all(slots: dict[str, _S]) -> None:
+    for slot in slots.values():
+        slot.close()
+    slots.clear()
+
+
+class _V1Cgroup(_Slot):
+    def __init__(self, dirs: dict[str, Path]) -> None:
+        memory = dirs["memory"]
+        super().__init__(
+            memory / "memory.oom_control",
+            [directory / "cgroup.procs" for directory in dirs.values()],
+            memory / "memory.usage_in_bytes",
+        )
+        self._dirs = dirs
+        self._pid_list = str(dirs["pids"] / "cgroup.procs")
+
+    def pids(self) -> list[int]:
+        return _read_pids(self._pid_list)
 
     def kill_all(self) -> None:
         """Freeze, kill, thaw: a frozen group cannot fork new members while we kill."""
@@ -136,11 +203,10 @@ class _V1Cgroup:
 
     def release(self) -> None:
         """Drop what the last sandbox left charged, when it is much (see _RECLAIM_ABOVE)."""
-        memory = self._dirs["memory"]
-        if int((memory / "memory.usage_in_bytes").read_text()) <= _RECLAIM_ABOVE:
+        if self._charged() <= _RECLAIM_ABOVE:
             return
         try:
-            _write(memory / "memory.force_empty", 0)
+            _write(self._dirs["memory"] / "memory.force_empty", 0)
         except OSError:
             pass  # busy or unsupported: the kernel reclaims it under pressure anyway
 
@@ -153,13 +219,15 @@ class V1Driver:
 
     def __init__(self, parent: str, root: Path = CGROUP_ROOT) -> None:
         self._parents = {c: root / c / parent for c in self.controllers}
+        self._slots: dict[str, _V1Cgroup] = {}
         for controller, directory in self._parents.items():
             if not (root / controller).is_dir():
                 raise CgroupError(f"cgroup v1 controller {controller!r} is not mounted under {root}")
             directory.mkdir(exist_ok=True)
 
     def slot(self, slot: str) -> _V1Cgroup:
-        return _V1Cgroup({c: parent / slot for c, parent in self._parents.items()})
+        """A slot prepared before, as it was."""
+        return self._slots[slot]
 
     def prepare(self, slot: str, limits: Limits) -> _V1Cgroup:
         dirs = {c: parent / slot for c, parent in self._parents.items()}
@@ -177,10 +245,13 @@ class V1Driver:
         _write(dirs["pids"] / "pids.max", limits.pids_max)
         _write(dirs["cpu"] / "cpu.cfs_period_us", _CPU_PERIOD_US)
         _write(dirs["cpu"] / "cpu.cfs_quota_us", int(limits.cpu_cores * _CPU_PERIOD_US))
-        return _V1Cgroup(dirs)
+        if slot not in self._slots:
+            self._slots[slot] = _V1Cgroup(dirs)
+        return self._slots[slot]
 
     def remove_stale(self) -> None:
         """Clear groups a crashed agent left behind, killing whatever still runs in them."""
+        _close_all(self._slots)
         for parent in self._parents.values():
             for child in parent.iterdir():
                 if child.is_dir():
@@ -197,29 +268,20 @@ class V1Driver:
             _rmdir(parent)
 
 
-class _V2Cgroup:
+class _V2Cgroup(_Slot):
     def __init__(self, path: Path) -> None:
+        super().__init__(path / "memory.events", [path / "cgroup.procs"], path / "memory.current")
         self._path = path
-        self._oom_base = self._oom_counter()
-
-    def _oom_counter(self) -> int:
-        return _counter(self._path / "memory.events", "oom_kill")
-
-    def add(self, pid: int) -> None:
-        _write(self._path / "cgroup.procs", pid)
 
     def pids(self) -> list[int]:
         return _read_pids(self._path / "cgroup.procs")
-
-    def oom_kills(self) -> int:
-        return self._oom_counter() - self._oom_base
 
     def kill_all(self) -> None:
         _write(self._path / "cgroup.kill", 1)
 
     def release(self) -> None:
         """Drop what the last sandbox left charged, when it is much (see _RECLAIM_ABOVE)."""
-        if int((self._path / "memory.current").read_text()) <= _RECLAIM_ABOVE:
+        if self._charged() <= _RECLAIM_ABOVE:
             return
         try:
             _write(self._path / "memory.reclaim", 1 << 40)
@@ -253,9 +315,11 @@ class V2Driver:
         self._parent = base / parent
         self._parent.mkdir(exist_ok=True)
         _write(self._parent / "cgroup.subtree_control", enable)
+        self._slots: dict[str, _V2Cgroup] = {}
 
     def slot(self, slot: str) -> _V2Cgroup:
-        return _V2Cgroup(self._parent / slot)
+        """A slot prepared before, as it was."""
+        return self._slots[slot]
 
     def prepare(self, slot: str, limits: Limits) -> _V2Cgroup:
         path = self._parent / slot
@@ -265,12 +329,15 @@ class V2Driver:
             _write(path / "memory.swap.max", 0)
         _write(path / "pids.max", limits.pids_max)
         _write(path / "cpu.max", f"{int(limits.cpu_cores * _CPU_PERIOD_US)} {_CPU_PERIOD_US}")
-        return _V2Cgroup(path)
+        if slot not in self._slots:
+            self._slots[slot] = _V2Cgroup(path)
+        return self._slots[slot]
 
     def remove_stale(self) -> None:
+        _close_all(self._slots)
         for child in self._parent.iterdir():
             if child.is_dir():
-                _V2Cgroup(child).kill_all()
+                _write(child / "cgroup.kill", 1)
                 _rmdir(child)
 
     def remove_all(self) -> None:

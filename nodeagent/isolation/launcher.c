@@ -13,15 +13,16 @@
  * (nodeagent/isolation/plan.py writes it); this file only carries it out, in order.
  *
  * fds: 0-2 the sandbox's stdio, 3 ready eventfd (the supervisor's; a bootstrap keeps it to
- * say how the code ended), 4 plan, 5 to the supervisor, 6 from the
+ * say how the code ended), 4 plan (read with pread), 5 to the supervisor, 6 from the
  * supervisor, 7 the code's wait status (4 bytes, network order). Exit codes: 110-111 and 114
  * namespace entry (A), 112 sandbox set-up (B), 113 the interpreter's start (C).
  *
  * Built with -DBAPONI_LIBRARY it is also a shared library for a zygote: an interpreter that
- * has already started calls baponi_zygote_spawn(), which makes A a sibling of the zygote
- * (CLONE_PARENT: the supervisor's child, as when it is spawned) and in C, instead of the
- * plan's exec, returns 0 into the interpreter, now inside the sandbox, having copied the
- * pages that baponi_zygote_learn() named.
+ * has already started calls baponi_zygote_spawn(), which clones B straight into the
+ * namespaces as a sibling of the zygote (CLONE_PARENT: the supervisor's child, as A is when
+ * it is spawned; there is no A), and in C, instead of the plan's exec, returns 0 into the
+ * interpreter, now inside the sandbox, having copied the pages that baponi_zygote_learn()
+ * named.
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -32,6 +33,7 @@
 #include <linux/filter.h>
 #include <linux/seccomp.h>
 #include <net/if.h>
+#include <poll.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -115,6 +117,8 @@ static void *fresh(size_t size) {
     return memory;
 }
 
+/* The plan's fd is shared by every sandbox of its recipe (a sealed memfd): read by offset,
+ * never moving the offset they share. */
 static char *read_all(int fd, size_t *size) {
     size_t capacity = 1 << 17, used = 0;
     char *buf = fresh(capacity);
@@ -124,7 +128,8 @@ static char *read_all(int fd, size_t *size) {
             if (buf == MAP_FAILED) fail("out of memory");
             capacity *= 2;
         }
-        ssize_t n = read(fd, buf + used, capacity - 1 - used);
+        ssize_t n = fd == FD_PLAN ? pread(fd, buf + used, capacity - 1 - used, (off_t)used)
+                                  : read(fd, buf + used, capacity - 1 - used);
         if (n < 0 && errno == EINTR) continue;
         check((int)n, "read", fd == FD_PLAN ? "plan" : "request");
         if (n == 0) break;
@@ -458,42 +463,26 @@ static void reset_signals(void) {
     sigprocmask(SIG_SETMASK, &none, NULL);
 }
 
-/* A: enter the namespaces (the supervisor, root on the host, writes our id maps), then stay
- * as B's parent: B dies with A (parent-death signal), and A with the supervisor. Returns
- * only in C of a zygote's sandbox. */
-static void launch(void) {
+/* What a sandbox's first process does before it enters anything: default signals, only its
+ * own fds, and the plan read and parsed. */
+static void begin(struct plan *plan) {
     reset_signals();
     close_from(FD_STATUS + 1);
     size_t size;
     char *raw = read_all(FD_PLAN, &size);
     close(FD_PLAN);
-    struct plan plan;
-    parse_plan(raw, size, &plan);
-    pid_t supervisor = getppid();
-    check(setgroups(0, NULL), "setgroups", NULL);
-    check(unshare(NAMESPACES), "unshare", NULL);
+    parse_plan(raw, size, plan);
+}
+
+/* In the new namespaces: the supervisor, root on the host, writes our id maps and moves us
+ * into our cgroup; then we are root of the user namespace, to die with our parent. */
+static void await_maps(void) {
     check((int)write(FD_UP, "u", 1), "write", "up");
     char answer;
     if (read(FD_DOWN, &answer, 1) != 1 || answer != 'm') _exit(EXIT_NO_MAPS);
     check(setresgid(0, 0, 0), "setresgid", NULL);
     check(setresuid(0, 0, 0), "setresuid", NULL);
     check(prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0), "PR_SET_PDEATHSIG", NULL); /* setresuid cleared it */
-    if (getppid() != supervisor) _exit(EXIT_ORPHAN); /* it died before we could tie ourselves to it */
-    check(unshare(CLONE_NEWCGROUP), "unshare", "cgroup"); /* after the supervisor moved us into ours */
-    pid_t init = fork();
-    check(init, "fork", "init");
-    if (init == 0) {
-        close(FD_UP);
-        close(FD_DOWN);
-        check(prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0), "PR_SET_PDEATHSIG", NULL);
-        stage_b(&plan);
-        return;
-    }
-    dprintf(FD_UP, "%d", init);
-    close_from(0);
-    while (waitpid(init, NULL, 0) < 0 && errno == EINTR) {
-    }
-    _exit(0);
 }
 
 #ifdef BAPONI_LIBRARY
@@ -526,12 +515,32 @@ static void own_written_pages(void) {
         madvise((void *)written_runs[2 * i], written_runs[2 * i + 1], MADV_POPULATE_WRITE);
 }
 
-/* In the zygote: A's pid (or -1); in the sandbox's C, 0. `fds` are A's fds 0-7 (see the
- * top), in order. A raw clone, as glibc's fork cannot take CLONE_PARENT: A then runs only
- * this file's code, and its own forks (glibc's) give B and C a consistent C library. */
+/* B of a zygote's sandbox: the clone that made it made its namespaces, so it is init from
+ * the start. No A: every process forked from the zygote copies the page tables of the whole
+ * interpreter and frees them at its exit, and A did both for nothing but the namespaces.
+ * Its parent is the supervisor, outside its pid namespace (getppid() says 0): the supervisor
+ * holds the down pipe's other end until B reports, so a hang-up there means it died before
+ * B could tie itself to it. Reports "0" for its pid: init is the process the zygote made. */
+static void launch_as_init(void) {
+    struct plan plan;
+    begin(&plan);
+    await_maps();
+    struct pollfd down = {.fd = FD_DOWN, .events = POLLIN};
+    if (poll(&down, 1, 0) != 0) _exit(EXIT_ORPHAN);
+    check(unshare(CLONE_NEWCGROUP), "unshare", "cgroup"); /* after the supervisor moved us into ours */
+    check((int)write(FD_UP, "0", 1), "write", "up");
+    close(FD_UP);
+    close(FD_DOWN);
+    stage_b(&plan);
+}
+
+/* In the zygote: B's pid (or -1); in the sandbox's C, 0. `fds` are the launcher's fds 0-7
+ * (see the top), in order. A raw clone, as glibc's fork cannot take CLONE_PARENT: B then runs
+ * only this file's code, and its fork (glibc's) gives C a consistent C library. */
 int baponi_zygote_spawn(const int fds[8]) {
-    pid_t a = (pid_t)syscall(SYS_clone, CLONE_PARENT | SIGCHLD, 0, NULL, NULL, 0);
-    if (a != 0) return (int)a;
+    if (setgroups(0, NULL) < 0) return -1; /* no supplementary group of the host's goes along */
+    pid_t b = (pid_t)syscall(SYS_clone, CLONE_PARENT | NAMESPACES | SIGCHLD, 0, NULL, NULL, 0);
+    if (b != 0) return (int)b;
     int high[8];
     for (int i = 0; i < 8; i++) { /* via high numbers: a source may sit on another's target */
         high[i] = fcntl(fds[i], F_DUPFD, 64);
@@ -541,11 +550,37 @@ int baponi_zygote_spawn(const int fds[8]) {
         if (dup2(high[i], i) < 0) _exit(EXIT_ENTRY);
     }
     in_zygote = 1;
-    launch();
+    launch_as_init();
     own_written_pages();
     return 0;
 }
 #else
+/* A: enter the namespaces, then stay as B's parent: B dies with A (parent-death signal), and
+ * A with the supervisor. */
+static void launch(void) {
+    struct plan plan;
+    begin(&plan);
+    pid_t supervisor = getppid();
+    check(setgroups(0, NULL), "setgroups", NULL);
+    check(unshare(NAMESPACES), "unshare", NULL);
+    await_maps();
+    if (getppid() != supervisor) _exit(EXIT_ORPHAN); /* it died before we could tie ourselves to it */
+    check(unshare(CLONE_NEWCGROUP), "unshare", "cgroup"); /* after the supervisor moved us into ours */
+    pid_t init = fork();
+    check(init, "fork", "init");
+    if (init == 0) {
+        close(FD_UP);
+        close(FD_DOWN);
+        check(prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0), "PR_SET_PDEATHSIG", NULL);
+        stage_b(&plan);
+        return;
+    }
+    dprintf(FD_UP, "%d", init);
+    close_from(0);
+    while (waitpid(init, NULL, 0) < 0 && errno == EINTR) {
+    }
+    _exit(0);
+}
 int main(void) {
     launch(); /* never returns here: C execs the code's interpreter */
     return EXIT_START;

@@ -26,7 +26,6 @@ class SandboxSpec:
     (bash, cold starts, and calls whose environment changes how an interpreter starts).
     """
 
-    sandbox_id: str
     image: Image
     language: str
     mode: Mode

@@ -81,11 +81,12 @@ class Supervision:
 
 @dataclass(frozen=True)
 class Launch:
-    """How to start one sandbox's processes: the launcher binary and the sandbox's plan, or
-    the zygote to fork them from (which runs the same plan)."""
+    """How to start one sandbox's processes: the launcher binary and the sandbox's plan (a
+    sealed memfd, shared by the sandboxes of one recipe), or the zygote to fork them from
+    (which runs the same plan)."""
 
     path: str
-    plan: bytes
+    plan: int
     zygote: Zygote | None = None
 
 
@@ -135,24 +136,16 @@ class Supervisor:
         """Start the launcher with its fds in place: stdin, stdout, stderr, ready, plan, up,
         down, status (launcher.c), or have the zygote fork it with them. Neither copies
         this process's memory, as a fork of it would."""
-        plan = os.memfd_create("baponi-plan", os.MFD_CLOEXEC)
+        fds = (*self.stdio, ready, self.launch.plan, up_w, down_r, status_w)
+        high = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, _HIGH_FD) for fd in fds]
         try:
-            view = memoryview(self.launch.plan)
-            while view:
-                view = view[os.write(plan, view):]
-            os.lseek(plan, 0, os.SEEK_SET)
-            fds = (*self.stdio, ready, plan, up_w, down_r, status_w)
-            high = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, _HIGH_FD) for fd in fds]
-            try:
-                if self.launch.zygote is not None:
-                    return self.launch.zygote.spawn(high)
-                actions = [(os.POSIX_SPAWN_DUP2, fd, target) for target, fd in enumerate(high)]
-                return os.posix_spawn(self.launch.path, ["baponi-sandbox"], {}, file_actions=actions)
-            finally:
-                for fd in high:
-                    os.close(fd)
+            if self.launch.zygote is not None:
+                return self.launch.zygote.spawn(high)
+            actions = [(os.POSIX_SPAWN_DUP2, fd, target) for target, fd in enumerate(high)]
+            return os.posix_spawn(self.launch.path, ["baponi-sandbox"], {}, file_actions=actions)
         finally:
-            os.close(plan)
+            for fd in high:
+                os.close(fd)
 
     def start(self) -> None:
         """Start the launcher. Its two steps (namespaces, then init: an unshare and a fork,
@@ -178,7 +171,8 @@ class Supervisor:
 
     def _on_launcher(self) -> None:
         """A's news on the up pipe: "u" once its namespaces exist (then the id maps and the
-        cgroup are ours to give it), later the pid of init, as the host sees it."""
+        cgroup are ours to give it), later the pid of init, as the host sees it ("0": A is
+        init itself, as a zygote's sandbox is)."""
         up_r, down_w = self._handshake
         try:
             raw = os.read(up_r, 32)
@@ -192,7 +186,7 @@ class Supervisor:
                 return
             if not raw:
                 raise OSError("sandbox init did not start")
-            self.init_pid = int(raw)
+            self.init_pid = int(raw) or self.pid_a
             self.pidfd = os.pidfd_open(self.init_pid)
             self.ns = injection.Namespaces.of(self.init_pid)
         except (OSError, ValueError, cgroups.CgroupError) as exc:

@@ -17,6 +17,7 @@ from tests.isolation.runtimes import (
     SANDBOX_UIDS,
     WAIT_S,
     alive,
+    chain_of,
     in_cgroup_subtree,
     own_runtime,
     processes,
@@ -54,6 +55,19 @@ async def test_warm_python_sandboxes_come_from_one_zygote_that_holds_none_of_the
         assert len(others) == 1 and next(iter(others.values())).startswith("socket:"), others
         outcome = await Runner(runtime)("print('forked')", sandbox="forked")
         assert (outcome.stdout, outcome.result.cold_start) == ("forked\n", False)
+
+
+async def test_a_forked_sandbox_is_cloned_straight_into_its_namespaces_as_init_under_the_spawner():
+    """No launcher process (A) between the spawner and a zygote's sandbox: init is the
+    spawner's own child, pid 1 of the sandbox, and its code runs as pid 2."""
+    async with own_runtime(SandboxConfig(name="direct", warm=1)) as runtime:
+        await runtime.wait_warm(WAIT_S)
+        [sandbox] = runtime.pools[("direct", "python")]._idle  # type: ignore[attr-defined]  # white-box
+        assert sandbox.init_pid is not None
+        [init] = chain_of(sandbox.init_pid)
+        assert init.ppid == runtime._spawner._process.pid  # type: ignore[union-attr]
+        outcome = await Runner(runtime)("import os; print(os.getpid(), os.getppid())", sandbox="direct")
+    assert (outcome.stdout, outcome.result.cold_start) == ("2 1\n", False), outcome.stderr
 
 
 async def test_a_forked_sandbox_sees_no_host_path_of_the_agent_in_its_memory_map():
