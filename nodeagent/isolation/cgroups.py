@@ -91,6 +91,15 @@ class _Knob:
         os.close(self._fd)
 
 
+def _subgroups(parent: Path) -> list[Path]:
+    """Child groups of `parent`; none when another cleaner (a spawner outliving its agent)
+    removed the subtree first."""
+    try:
+        return [child for child in parent.iterdir() if child.is_dir()]
+    except FileNotFoundError:
+        return []
+
+
 def _rmdir(path: Path) -> None:
     """Remove a cgroup directory; the kernel may need a moment after its last task exits."""
     for _ in range(200):
@@ -253,13 +262,11 @@ class V1Driver:
         """Clear groups a crashed agent left behind, killing whatever still runs in them."""
         _close_all(self._slots)
         for parent in self._parents.values():
-            for child in parent.iterdir():
-                if child.is_dir():
-                    kill_pids(_read_pids(child / "cgroup.procs"))
+            for child in _subgroups(parent):
+                kill_pids(_read_pids(child / "cgroup.procs"))
         for parent in self._parents.values():
-            for child in parent.iterdir():
-                if child.is_dir():
-                    _rmdir(child)
+            for child in _subgroups(parent):
+                _rmdir(child)
 
     def remove_all(self) -> None:
         """The agent is stopping: leave nothing of its subtree behind."""
@@ -335,10 +342,12 @@ class V2Driver:
 
     def remove_stale(self) -> None:
         _close_all(self._slots)
-        for child in self._parent.iterdir():
-            if child.is_dir():
+        for child in _subgroups(self._parent):
+            try:
                 _write(child / "cgroup.kill", 1)
-                _rmdir(child)
+            except FileNotFoundError:
+                continue  # removed meanwhile by the other cleaner
+            _rmdir(child)
 
     def remove_all(self) -> None:
         self.remove_stale()

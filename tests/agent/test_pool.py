@@ -68,6 +68,7 @@ async def test_sandbox_failure_before_start_is_retried_elsewhere(
     UNAVAILABLE before Started; the pool then runs the code on the other agent, once."""
     process = agent_process()
     await process.start()
+    [spawner] = process.children(b"baponi-spawner")
     for binary in (process.data_dir / "bin").glob("baponi-launch-*"):
         binary.chmod(0)  # not even root may exec a file without an execute bit
     broken, fresh = AgentClient(process.address), AgentClient(process.address)
@@ -77,7 +78,6 @@ async def test_sandbox_failure_before_start_is_retried_elsewhere(
             await collect(broken.execute("cold", request))
         assert not failed.value.started
         assert "sandbox failed before the code started" in failed.value.message
-        [spawner] = process.children(b"baponi-spawner")
         fds = len(os.listdir(f"/proc/{spawner}/fd"))
         for _ in range(3):  # each failed start gives back every fd it took
             with pytest.raises(AgentUnavailable):
@@ -93,4 +93,6 @@ async def test_sandbox_failure_before_start_is_retried_elsewhere(
         await fresh.close()
         process.kill()
         await wait_until(lambda: not sandbox_processes(process.cgroup_parent), 5, "no sandbox process of the agent")
-        cgroups.detect(process.cgroup_parent).remove_all()  # its spawner had no time to
+        # The orphaned spawner clears the agent's cgroups itself; wait for it, then sweep.
+        await wait_until(lambda: not Path(f"/proc/{spawner}").exists(), 15, "the spawner gone")
+        cgroups.detect(process.cgroup_parent).remove_all()
