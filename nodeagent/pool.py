@@ -4,7 +4,7 @@ Claiming a warm sandbox is what makes an execution start in milliseconds. When t
 empty but a sandbox of it is being started that no other call waits for, a call takes that
 one as it becomes ready: it is ready sooner than a cold start would be, and a cold start on a
 busy node adds to the very load that emptied the pool. Otherwise the caller gets a cold
-start, isolated exactly the same way.
+start (a sandbox started for it alone, see Runtime.execute), isolated exactly the same way.
 """
 
 from __future__ import annotations

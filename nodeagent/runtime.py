@@ -25,10 +25,10 @@ from .images.default import DEFAULT_IMAGE, default_image
 from .isolation import launcher, seccomp
 from .isolation.cgroups import Limits
 from .isolation.injection import InjectionError, data_target
-from .isolation.spawner import Recipe, Spawner
 from .isolation.layout import HOME
 from .isolation.plan import sandbox_plan
-from .isolation.spec import SandboxSpec
+from .isolation.spawner import Recipe, Spawner
+from .isolation.spec import Mode, SandboxSpec
 from .pool import WarmPool
 from .sandbox import Sandbox
 
@@ -79,6 +79,12 @@ def _lock(path: Path) -> int:
 def _needs_cold_start(language: str, env: dict[str, str]) -> bool:
     prefixes = _STARTUP_ENV.get(language, ())
     return any(k.startswith(prefixes) and BASE_ENV.get(k) != v for k, v in env.items())
+
+
+def _pool_mode(language: str) -> Mode:
+    """How a pool's sandboxes start: bash starts in about a millisecond, so its pools wait in
+    C, before the exec (docs/design.md)."""
+    return "exec" if language == "bash" else "warm"
 
 
 def _check_traversable(path: Path) -> None:
@@ -147,18 +153,18 @@ class Runtime:
         log.info("runtime started", cgroup_version=self._spawner.cgroup_version, pools=len(self.pools))
 
     def _starter(self, config: SandboxConfig, language: str):  # noqa: ANN202 - a closure for the pool
-        mode = "exec" if language == "bash" else "warm"
+        mode = _pool_mode(language)
 
         async def start() -> Sandbox:
             return await self._start_sandbox(config, language, mode)
 
         return start
 
-    def _spec(self, config: SandboxConfig, language: str, mode: str) -> SandboxSpec:
+    def _spec(self, config: SandboxConfig, language: str, mode: Mode) -> SandboxSpec:
         return SandboxSpec(
             image=self.images[config.image],
             language=language,
-            mode=mode,  # type: ignore[arg-type]
+            mode=mode,
             limits=Limits(memory_bytes=config.memory_bytes, cpu_cores=config.cpu, pids_max=config.pids_max),
             stage_dir=str(self.stage_dir),
             uid_base=self.uid_base,
@@ -184,14 +190,24 @@ class Runtime:
                     pool.drop_idle()
         return self._spawner
 
-    def _recipe(self, config: SandboxConfig, language: str, mode: str) -> Recipe:
+    def _recipe(self, config: SandboxConfig, language: str, mode: Mode) -> Recipe:
         recipe = self._recipes.get((config.name, language, mode))
         if recipe is None:
             spec = self._spec(config, language, mode)
             recipe = self._recipes[(config.name, language, mode)] = Recipe(spec.supervision(), sandbox_plan(spec, self._bpf))
         return recipe
 
-    async def _start_sandbox(self, config: SandboxConfig, language: str, mode: str) -> Sandbox:
+    def _unpooled_mode(self, config: SandboxConfig, language: str, fresh_interpreter: bool) -> Mode:
+        """How a call that got no warm sandbox has one started for it alone: forked from the
+        zygote, as the pool's are where they are (a fork costs a fifth of the CPU of an
+        interpreter's start, and a busy node is when pools run dry), else its interpreter
+        started with the code."""
+        mode = _pool_mode(language)
+        if not fresh_interpreter and self._recipe(config, language, mode).supervision.zygote is not None:
+            return mode
+        return "exec"
+
+    async def _start_sandbox(self, config: SandboxConfig, language: str, mode: Mode) -> Sandbox:
         spawner = await self._live_spawner()
         sandbox = Sandbox(spawner.spawn(self._recipe(config, language, mode)), config.output_limit)
         try:
@@ -227,12 +243,15 @@ class Runtime:
         config = self._validate(sandbox, request)
         request = dataclasses.replace(request, env={**BASE_ENV, **request.env})
         pool = self.pools.get((sandbox, request.language))
-        claimed = None
-        if pool is not None and not _needs_cold_start(request.language, request.env):
+        instance = None
+        fresh_interpreter = _needs_cold_start(request.language, request.env)
+        if pool is not None and not fresh_interpreter:
             await self._live_spawner()  # a warm sandbox of a dead spawner is dead too
-            claimed = await pool.take()
-        cold = claimed is None
-        instance = claimed or await self._start_sandbox(config, request.language, "exec")
+            instance = await pool.take()
+        cold = instance is None
+        if instance is None:
+            mode = self._unpooled_mode(config, request.language, fresh_interpreter)
+            instance = await self._start_sandbox(config, request.language, mode)
         self.running += 1
         try:
             await instance.prepare(request)

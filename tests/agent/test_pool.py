@@ -72,7 +72,7 @@ async def test_sandbox_failure_before_start_is_retried_elsewhere(
     for binary in (process.data_dir / "bin").glob("baponi-launch-*"):
         binary.chmod(0)  # not even root may exec a file without an execute bit
     broken, fresh = AgentClient(process.address), AgentClient(process.address)
-    request = ExecutionRequest("print('once')", timeout=10)
+    request = ExecutionRequest("echo once", "bash", timeout=10)  # bash: never forked from a zygote
     try:
         with pytest.raises(AgentUnavailable) as failed:
             await collect(broken.execute("cold", request))

@@ -14,6 +14,7 @@ from nodeagent.config import SandboxConfig
 from nodeagent.runtime import Runtime
 from tests.conftest import Runner
 from tests.isolation.runtimes import (
+    COLD_ENV,
     SANDBOX_UIDS,
     WAIT_S,
     alive,
@@ -78,6 +79,19 @@ async def test_a_forked_sandbox_sees_no_host_path_of_the_agent_in_its_memory_map
     assert "baponi-launch" in outcome.stdout, outcome.stderr  # the library is there...
     assert str(runtime.data_dir) not in outcome.stdout  # ...under no host path
     assert "/memfd:baponi-launch" in outcome.stdout
+
+
+async def test_a_call_that_finds_no_warm_sandbox_gets_one_forked_for_it_alone():
+    """A dry pool (here a pool of none) costs the call a fork of the zygote, not an
+    interpreter's start; only a start-up variable still asks for a freshly started one."""
+    maps = "print(open('/proc/self/maps').read())"
+    async with own_runtime(SandboxConfig(name="dry", warm=0)) as runtime:
+        run = Runner(runtime)
+        forked = await run(maps, sandbox="dry")
+        started = await run(maps, sandbox="dry", env=COLD_ENV["python"])
+    assert forked.result.cold_start and "/memfd:baponi-launch" in forked.stdout, forked.stderr
+    assert started.result.cold_start and started.exit_code == 0, started.stderr
+    assert "baponi-launch" not in started.stdout
 
 
 def _writable_kib(pid: int) -> int:
