@@ -157,7 +157,8 @@ class Sandbox:
             raise SandboxError(reply.get("message", f"{header['op']} failed"))
 
     async def prepare(self, request: ExecutionRequest) -> None:
-        """Claim-time work: the call's mounts and home, before any code is handed over."""
+        """Claim-time work: the call's mounts and home (and whether to collect it after the
+        run), before any code is handed over."""
         if self._used:
             raise SandboxError("a sandbox serves one execution only")
         self._used = True
@@ -165,6 +166,8 @@ class Sandbox:
             await self._claim_op({"op": "mount", "source": mount.source, "target": mount.target, "read_only": mount.read_only})
         if request.home:
             await self._claim_op({"op": "home"}, request.home)
+        if request.collect_home:  # asked ahead: once the code has run, its namespaces may be gone
+            await self._claim_op({"op": "collect_home"})
 
     async def run(self, request: ExecutionRequest, *, cold_start: bool = False) -> AsyncIterator[OutputChunk | ExecutionResult]:
         """Run the request's code (after `prepare`); yield output as it comes, the result last."""
@@ -178,7 +181,7 @@ class Sandbox:
         started = time.monotonic()
         getter: asyncio.Future | None = None  # set before the try: its clean-up reads it
         try:
-            await self._send({"op": "run", "timeout": request.timeout, "collect_home": request.collect_home})
+            await self._send({"op": "run", "timeout": request.timeout})
             await _write_all(self.pipes.stdin, wire_request.encode(request.code, request.env))
             os.close(self.pipes.stdin)
             self.pipes.stdin = -1

@@ -40,6 +40,7 @@ from .reactor import Reactor, Timer
 from .zygote import Zygote
 
 _KILL_GRACE_S = 2.0
+_CLAIM_OPS = ("mount", "home", "collect_home")  # before the run, each answered "done" or "error"
 STATUS = struct.Struct("!i")  # the code's wait status, as the launcher's pid 1 writes it
 # Added to the ready eventfd (fd 3 in the sandbox): the code is ready (for the agent); the
 # sandbox ended before it was ever run (from the supervisor, for an agent still waiting); it
@@ -188,7 +189,6 @@ class Supervisor:
                 raise OSError("sandbox init did not start")
             self.init_pid = int(raw) or self.pid_a
             self.pidfd = os.pidfd_open(self.init_pid)
-            self.ns = injection.Namespaces.of(self.init_pid)
         except (OSError, ValueError, cgroups.CgroupError) as exc:
             self._failed(exc)
             return
@@ -254,18 +254,45 @@ class Supervisor:
             self.reactor.add_reader(self.ready, self._guarded(self._on_code_news))
             deadline = time.monotonic() + float(header["timeout"])
             self.run.deadline = self.reactor.call_at(deadline, self._guarded(self._on_deadline))
-            self.run.collect_home = bool(header.get("collect_home"))
+            if not self.run.collect_home:
+                self._close_namespaces()  # no claim-time work is left: see _close_namespaces
         elif op == "kill":
             self.abandon()
-        elif op in ("mount", "home") and self._ending:  # too late: one writer, and it reports
+        elif op in _CLAIM_OPS and (self._ending or self.run.deadline is not None):
             frames.recv_payload(self.ctl, payload_len)
-            self._send({"event": "error", "op": op, "message": "the sandbox has already ended"})
-        elif op in ("mount", "home"):
-            self._deafen()  # the job reads the rest of the frame, and answers
-            self._job(lambda: self._claim_job(header, payload_len), self._after_claim)
+            self._send({"event": "error", "op": op, "message": "claim-time work comes before the run"})
+        elif op in _CLAIM_OPS:
+            try:
+                self._open_namespaces()
+            except OSError as exc:
+                frames.recv_payload(self.ctl, payload_len)
+                self._send({"event": "error", "op": op, "message": str(exc)})
+            else:
+                self._claim(op, header, payload_len)
         else:
             frames.recv_payload(self.ctl, payload_len)
             self._send({"event": "error", "op": op, "message": f"unknown op {op!r}"})
+
+    def _claim(self, op: str, header: dict[str, Any], payload_len: int) -> None:
+        if op == "collect_home":  # kept for after the run: the namespaces stay open until then
+            self.run.collect_home = True
+            self._send({"event": "done", "op": op})
+        else:
+            self._deafen()  # the job reads the rest of the frame, and answers
+            self._job(lambda: self._claim_job(header, payload_len), self._after_claim)
+
+    def _open_namespaces(self) -> None:
+        """Handles on the sandbox's namespaces, taken only for claim-time work (see
+        _close_namespaces). Opened by pid, then checked through init's pidfd: init is
+        alive, so that pid was still its own."""
+        if self.ns is None:
+            ns = injection.Namespaces.of(self.init_pid)
+            try:
+                signal.pidfd_send_signal(self.pidfd, 0)
+            except ProcessLookupError:
+                ns.close()
+                raise OSError("the sandbox has ended") from None
+            self.ns = ns
 
     def _claim_job(self, header: dict[str, Any], payload_len: int) -> None:
         """In the job process: read the payload, do the claim-time work, answer."""
@@ -429,7 +456,10 @@ class Supervisor:
 
     def _close_namespaces(self) -> None:
         """Whoever drops a mount namespace last unmounts its whole tree (~1 ms, synchronous):
-        better a sandbox process in its exit than this loop, which every sandbox waits on."""
+        better a sandbox process in its exit than this loop, which every sandbox waits on. So
+        the handles are taken only for claim-time work, and go while the sandbox still runs:
+        at the run, unless its home is to be collected after it (then at the end, before the
+        kill)."""
         if self.ns is not None:
             self.ns.close()
             self.ns = None

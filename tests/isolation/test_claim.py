@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from nodeagent.execution import Mount
+from nodeagent.execution import ExecutionRequest, Mount
 from nodeagent.runtime import RequestRejected
 from nodeagent.sandbox import SandboxError
 from tests.isolation.runtimes import WAIT_S
@@ -178,6 +178,33 @@ os.makedirs('history', exist_ok=True)
 os.symlink(f'../count', f'history/link-{count}')
 print('count', count)
 """
+
+
+def _namespace_handles(pid: int) -> list[str]:
+    links = []
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            links.append(os.readlink(f"/proc/{pid}/fd/{fd}"))
+        except FileNotFoundError:  # closed meanwhile
+            pass
+    return sorted(link.split(":")[0] for link in links if link.startswith(("mnt:[", "user:[")))
+
+
+@pytest.mark.parametrize(("fields", "held"), [({"home": b""}, []), ({"collect_home": True}, ["mnt", "user"])])
+async def test_the_spawner_holds_a_sandboxs_namespaces_only_while_claim_time_work_needs_them(runtime, fields, held):
+    """Whoever drops a sandbox's mount namespace last unmounts its whole tree; the spawner's
+    loop, which every sandbox waits on, must not be that one. It holds no handle on an idle
+    sandbox's namespaces, and during a run only one whose home it collects afterwards."""
+    await runtime.wait_warm(WAIT_S)
+    spawner = runtime._spawner._process.pid  # white-box: whose fds
+    assert _namespace_handles(spawner) == []
+    request = ExecutionRequest("print('running', flush=True); import time; time.sleep(0.5)", timeout=10, **fields)
+    events = runtime.execute("default", request)
+    assert (await anext(events)).data == b"running\n"
+    during = _namespace_handles(spawner)
+    async for _ in events:
+        pass
+    assert during == held
 
 
 async def test_home_round_trips_between_calls(run, runtime):

@@ -35,6 +35,7 @@ from nodeagent.execution import ExecutionRequest, ExecutionResult, OutputChunk
 from nodeagent.images.default import default_image
 from nodeagent.runtime import BASE_ENV
 from nodeagent.sandbox import SandboxError
+from tests.isolation.runtimes import wait_until
 
 SANDBOX_UID = 1000
 HOST_UID = 200_000 + SANDBOX_UID  # what the code's uid 1000 is on the host
@@ -479,6 +480,12 @@ def _ns_of(pid: int) -> str:
         return ""
 
 
+def _exiting(pid: int) -> bool:
+    """It has begun to exit, or is gone: PF_EXITING in /proc/<pid>/stat's flags (proc(5))."""
+    raw = _read(f"/proc/{pid}/stat")
+    return not raw or bool(int(raw[raw.rindex(b")") + 2 :].split()[6]) & 0x4)
+
+
 def _pids_in(pid_ns: str) -> list[int]:
     """Host processes in the pid namespace `pid_ns` (as /proc/<pid>/ns/pid names it)."""
     return [pid for pid in _host_pids() if _ns_of(pid) == pid_ns]
@@ -568,9 +575,11 @@ async def test_daemon_dies_with_the_call(runtime):
         elif not isinstance(event, OutputChunk):
             result = event
     assert result is not None and result.exit_code == 0 and seen, result
-    # The sandbox's own init (host uid 200000) may still be on its way out; nothing of the code's is left.
-    survivors = {pid: _uid_of(pid) for pid in _pids_in(pid_ns)}
-    assert HOST_UID not in survivors.values(), f"left in the call's pid namespace: {survivors}"
+    # The answer comes once each of the code's processes has begun to exit: none runs code any
+    # more, and the kernel finishes their exits (and the sandbox's init's) moments later.
+    code_left = [pid for pid in _pids_in(pid_ns) if _uid_of(pid) == HOST_UID]
+    assert all(map(_exiting, code_left)), f"still running in the call's pid namespace: {code_left}"
+    await wait_until(lambda: not _pids_in(pid_ns), "the call's pid namespace is empty", timeout=5)
     assert daemons() == [], "the daemon outlived the call"
 
 
