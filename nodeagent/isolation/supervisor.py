@@ -259,19 +259,21 @@ class Supervisor:
         elif op == "kill":
             self.abandon()
         elif op in _CLAIM_OPS and (self._ending or self.run.deadline is not None):
-            frames.recv_payload(self.ctl, payload_len)
-            self._send({"event": "error", "op": op, "message": "claim-time work comes before the run"})
+            self._refuse(op, payload_len, "claim-time work comes before the run")
         elif op in _CLAIM_OPS:
             try:
                 self._open_namespaces()
             except OSError as exc:
-                frames.recv_payload(self.ctl, payload_len)
-                self._send({"event": "error", "op": op, "message": str(exc)})
+                self._refuse(op, payload_len, str(exc))
             else:
                 self._claim(op, header, payload_len)
         else:
-            frames.recv_payload(self.ctl, payload_len)
-            self._send({"event": "error", "op": op, "message": f"unknown op {op!r}"})
+            self._refuse(op, payload_len, f"unknown op {op!r}")
+
+    def _refuse(self, op: str | None, payload_len: int, message: str) -> None:
+        """Answer an op with an error, its payload read and dropped."""
+        frames.recv_payload(self.ctl, payload_len)
+        self._send({"event": "error", "op": op, "message": message})
 
     def _claim(self, op: str, header: dict[str, Any], payload_len: int) -> None:
         if op == "collect_home":  # kept for after the run: the namespaces stay open until then
@@ -476,7 +478,7 @@ class Supervisor:
 
     def _drain_control(self) -> None:
         """Code can end before its `run` frame is read (it is sent before the code): take it,
-        or the call's instructions (collect the home) would be lost."""
+        so the sandbox is on record as run (no GONE is told to an agent past waiting)."""
         while self._listening and not self.run.cancelled and select.select([self.ctl], [], [], 0)[0]:
             self._on_control()
 

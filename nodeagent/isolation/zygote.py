@@ -6,10 +6,11 @@ environment a warm sandbox's interpreter gets, from the same binary (images whos
 interpreters are the host's own, so the same file at the same path), but on the host, as
 root, with a socket on fd 3 (nodeagent/bootstrap/python_bootstrap.py). For each sandbox it
 is sent the launcher's eight fds and calls baponi_zygote_spawn() of the launcher's library
-(launcher.c): B is cloned straight into the sandbox's namespaces as the spawner's child (there
-is no A) and runs the same plan; only C, instead of exec'ing the interpreter, returns into
-the one that is already running. What the sandboxes of one zygote share is its start-up state: the
-interpreter's hash seed and address layout, never memory (each fork copies on write).
+(launcher.c): B is cloned straight into the sandbox's namespaces as the spawner's child
+(there is no A) and runs the same plan; only C, instead of exec'ing the interpreter, returns
+into the one that is already running. What the sandboxes of one zygote share is its start-up
+state: the interpreter's hash seed and address layout, never memory (each fork copies on
+write).
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ class Zygote:
         self._pidfd = -1
 
     def spawn(self, fds: list[int]) -> int:
-        """The pid of the sandbox's first process (its init: there is no A) for the launcher fds 0-7 in `fds`."""
+        """The pid of the sandbox's first process (its init: there is no A), given the
+        launcher fds 0-7 in `fds`."""
         for _ in range(2):
             if self._sock is None or self._dead():
                 self.close()
