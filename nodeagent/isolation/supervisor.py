@@ -527,6 +527,8 @@ class Supervisor:
             os.eventfd_write(self.ready, GONE)
         for fd in (self.status_r, self.ready):
             if fd >= 0:
+                # Still watched if a late run frame (read in _finish) began watching it.
+                self.reactor.remove_reader(fd)
                 os.close(fd)
         self.status_r = self.ready = -1
         self.ctl.close()
