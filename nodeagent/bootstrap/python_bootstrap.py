@@ -12,8 +12,9 @@ def _baponi_bootstrap():
     import sys
 
     compile("pass", "<string>", "exec")  # the compiler's first use costs ~2 ms: pay it ahead
+    trial = False  # the zygote's trial run, which stops itself where a sandbox would tell its end
     if stat.S_ISSOCK(os.fstat(3).st_mode):  # a zygote (nodeagent/isolation/zygote.py)
-        _baponi_zygote()  # returns in a sandbox, forked from it: what follows is the same
+        trial = _baponi_zygote()  # returns in a sandbox, forked from it: what follows is the same
     gc.freeze()  # what exists now is never garbage: the final collection only scans the code's
     # fd 3, an eventfd its supervisor reads (nodeagent/isolation/supervisor.py), stays open
     # to say how the code ended; nothing the code starts inherits it.
@@ -63,6 +64,8 @@ def _baponi_bootstrap():
         for stream in (sys.stdout, sys.stderr):
             stream.flush()
         status = 2 if outcome["sigint"] else outcome["status"] << 8  # as wait() would say
+        if trial:
+            os.kill(pid, 19)  # SIGSTOP: every page a run writes up to here is written
         if os.getpid() == pid:
             try:
                 os.write(3, (1 << 32 | status).to_bytes(8, sys.byteorder))
@@ -88,8 +91,8 @@ def _baponi_bootstrap():
 
 def _baponi_zygote():
     """Fork a sandbox for each request of the spawner, until it closes the socket; returns
-    only in a sandbox's code process (or the trial's fork), with the interpreter as a fresh
-    start would have it."""
+    only in a sandbox's code process (False) or the trial's fork (True), with the interpreter
+    as a fresh start would have it."""
     import ctypes
     import gc
     import os
@@ -111,7 +114,8 @@ def _baponi_zygote():
     spawn, learn = launcher.baponi_zygote_spawn, launcher.baponi_zygote_learn
     spawn.argtypes, spawn.restype = [ctypes.c_int * 8], ctypes.c_int
     gc.freeze()  # shared by every sandbox: no collection there touches (so copies) these pages
-    if not _baponi_trial(learn):  # in the trial's fork, the same path from here on
+    trial = _baponi_trial(learn)
+    if not trial:  # in the trial's fork, the same path from here on
         spawner.sendall(b"R")
         while True:
             _, fds, _, _ = socket.recv_fds(spawner, 1, 8)
@@ -132,18 +136,20 @@ def _baponi_zygote():
     signal.signal(signal.SIGINT, signal.default_int_handler)
     for quiet in (signal.SIGPIPE, signal.SIGXFSZ):
         signal.signal(quiet, signal.SIG_IGN)
+    return trial
 
 
 def _baponi_trial(learn):
-    """Run a trivial request in a fork of the zygote, stop it when its code is done and tell
-    the launcher which pages it wrote, for every sandbox to copy ahead (launcher.c,
-    own_written_pages). True in the fork, which goes on as a sandbox would; on the host,
-    as root, but running only this constant request."""
+    """Run a trivial request in a fork of the zygote, stopped where a sandbox would tell its
+    end (its code run, its objects released, its output flushed), and tell the launcher which
+    pages it wrote, for every sandbox to copy ahead (launcher.c, own_written_pages). True in
+    the fork, which goes on as a sandbox would; on the host, as root, but running only this
+    constant request."""
     import ctypes
     import os
     import signal
 
-    source = b"print(1)\nimport os, signal\nos.kill(os.getpid(), signal.SIGSTOP)\n"
+    source = b"print(1)\n"
     request, ready = os.pipe(), os.eventfd(0)
     os.write(request[1], b"%d\n%sHOME=/nonexistent\0" % (len(source), source))
     os.close(request[1])

@@ -508,7 +508,7 @@ int baponi_zygote_learn(const unsigned long *runs, int count) {
 
 /* Give this process its own copy of the pages the code's run will write, while the sandbox is
  * idle: each first write to a page shared with the zygote would be a fault and a copy in the
- * call. Only those the trial wrote (~1 MiB of the zygote's ~7 MiB writable): copying all of
+ * call. Only those the trial wrote (~1.8 MiB of the zygote's ~7 MiB writable): copying all of
  * them cost ~4 ms of CPU a sandbox, a third of the CPU an execution took under load. */
 static void own_written_pages(void) {
     for (int i = 0; i < written_count; i++) /* an optimisation only: a run since unmapped fails */
