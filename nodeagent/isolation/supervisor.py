@@ -48,9 +48,8 @@ STATUS = struct.Struct("!i")  # the code's wait status, as the launcher's pid 1 
 # pipe's, does not pull the reader onto the writer's CPU, where the ending process would
 # first have to make way for it.
 READY, GONE, ENDED = 1, 1 << 33, 1 << 32
-_PF_EXITING = 0x4  # linux/sched.h: the task has begun to exit and runs no more user code
-# Looks for killed processes to have begun to exit: a few at once, then from the poll loop.
-_QUICK_LOOKS, _QUICK_LOOK_S, _LATER_LOOK_S = 5, 0.0001, 0.001
+# Listings of the cgroup at an announced end: a few at once, then each from the poll loop.
+_KILL_ROUNDS, _LATER_LOOK_S = 3, 0.001
 _HIGH_FD = 64  # above the launcher's fixed fds (0-7), so moving one never clobbers another
 _JOB_FAILED = 1
 
@@ -410,7 +409,7 @@ class Supervisor:
     def _finish(self) -> None:
         self._drain_control()
         if self.run.announced is not None:
-            self._finish_announced(time.monotonic() + _KILL_GRACE_S, quick=_QUICK_LOOKS)
+            self._finish_announced(time.monotonic() + _KILL_GRACE_S, killed=set())
             return
         report = self._report(self._code_status())
         try:
@@ -419,29 +418,29 @@ class Supervisor:
             report["error"] = str(exc)
         self._end(report)
 
-    def _finish_announced(self, give_up: float, quick: int = 0) -> None:
-        """The code said how it ended: its processes are killed, and the report goes once
-        each has begun to exit (it runs no more code; the rest of its exit is the kernel's).
-        The announcing process is usually there within a fraction of a millisecond, so it is
-        looked for again a few times at once; after that the poll loop goes on meanwhile,
+    def _finish_announced(self, give_up: float, killed: set[int]) -> None:
+        """The code said how it ended: the report goes once every process of it has been
+        sent SIGKILL, which it can neither block, catch nor outlive, so it runs no more code.
+        Its exit is left to the kernel: a python's takes ~0.5 ms of CPU, which the call's
+        answer would otherwise wait for, behind this loop on a shared core. A process forked
+        as the kills went out shows in the next listing and is killed in turn; the report
+        waits for a listing with none left unkilled (from the poll loop, after a few at once),
         and past the grace the end is init's to report."""
-        while True:
-            left = [pid for pid in self.cgroup.pids() if pid not in (self.init_pid, self.pid_a)]
-            cgroups.kill_pids(left)
-            if all(_exiting(pid) for pid in left):
+        for _ in range(_KILL_ROUNDS):
+            ours = (self.init_pid, self.pid_a)
+            fresh = [pid for pid in self.cgroup.pids() if pid not in killed and pid not in ours]
+            if not fresh:
                 assert self.run.announced is not None
                 self._end(self._report(self.run.announced))
                 return
-            if not quick:
-                break
-            quick -= 1
-            time.sleep(_QUICK_LOOK_S)
+            cgroups.kill_pids(fresh)
+            killed.update(fresh)
         if time.monotonic() > give_up:
             self.run.announced = None
             self._finish()
         else:
             later = time.monotonic() + _LATER_LOOK_S
-            self.reactor.call_at(later, self._guarded(lambda: self._finish_announced(give_up)))
+            self.reactor.call_at(later, self._guarded(lambda: self._finish_announced(give_up, killed)))
 
     def _end(self, report: dict[str, Any]) -> None:
         report["oom_killed"] = self.cgroup.oom_kills() > 0
@@ -563,16 +562,6 @@ class Supervisor:
         except (cgroups.CgroupError, OSError):
             empty = False  # the slot is never lent again
         self.on_done(self, empty)
-
-
-def _exiting(pid: int) -> bool:
-    """Whether the process has begun to exit, or is gone (/proc/<pid>/stat's flags)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as handle:
-            stat = handle.read()
-    except (FileNotFoundError, ProcessLookupError):
-        return True
-    return bool(int(stat[stat.rindex(b")") + 2 :].split()[6]) & _PF_EXITING)
 
 
 def _close_all_but(keep: set[int]) -> None:

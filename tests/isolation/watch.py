@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import time
 import uuid
 from collections.abc import Callable
@@ -80,12 +81,28 @@ class HostProcess:
         return cls(pid, stat.rsplit(")", 1)[1].split()[19], int(uid))
 
     def alive(self) -> bool:
-        """Still running: not gone, not a zombie, not already exiting (PF_EXITING)."""
+        """It can still run code: this very process (not a reused pid), not doomed."""
         stat = _read(f"/proc/{self.pid}/stat")
+        return stat is not None and stat.rsplit(")", 1)[1].split()[19] == self.start and not doomed(self.pid)
+
+
+def doomed(pid: int) -> bool:
+    """It can run no more code: it is gone or a zombie, it has begun to exit (PF_EXITING), or
+    a SIGKILL is pending (SigPnd or ShdPnd: it can be neither blocked nor caught); proc(5).
+    Looked at twice: a process taking its SIGKILL between the reads shows neither for an
+    instant."""
+    for _ in range(2):
+        status = _read(f"/proc/{pid}/status") or ""
+        masks = [line.split()[1] for line in status.splitlines() if line.startswith(("SigPnd:", "ShdPnd:"))]
+        if any(int(mask, 16) >> (signal.SIGKILL - 1) & 1 for mask in masks):
+            return True
+        stat = _read(f"/proc/{pid}/stat")
         if stat is None:
-            return False
+            return True
         fields = stat.rsplit(")", 1)[1].split()
-        return fields[19] == self.start and fields[0] not in ("Z", "X") and not int(fields[6]) & _PF_EXITING
+        if fields[0] in ("Z", "X") or int(fields[6]) & _PF_EXITING:
+            return True
+    return False
 
 
 def host_uid_processes(uid: int = SANDBOX_HOST_UID) -> list[int]:
@@ -218,7 +235,7 @@ def strays(trace: Trace) -> list[str]:
 
 def _lingering(trace: Trace, processes: list[HostProcess], *, exiting_counts: bool = True) -> list[str]:
     """Which of `processes` still run, and which of the call's cgroups still hold any of them
-    (but for those that have begun to exit, unless `exiting_counts`)."""
+    (but for those that can run no more code, unless `exiting_counts`)."""
     alive = [f"host pid {p.pid} (uid {p.uid})" for p in processes if p.alive()]
     pids = {p.pid for p in processes if exiting_counts or p.alive()}
     held = [f"{d} still holds {sorted(set(_tasks(d)) & pids)}" for d in trace.cgroup_dirs if set(_tasks(d)) & pids]
@@ -226,8 +243,8 @@ def _lingering(trace: Trace, processes: list[HostProcess], *, exiting_counts: bo
 
 
 async def assert_cleaned_up(trace: Trace) -> None:
-    """Nothing of the code runs once the caller has the result (its processes are gone, or
-    exiting: what is left is the kernel's); within a short grace nothing of the sandbox is
+    """Nothing of the code runs once the caller has the result (its processes are gone,
+    exiting or killed: what is left is the kernel's); within a short grace nothing of the sandbox is
     left, Baponi's own part (its init) included, and its cgroups hold none of it (they are
     reused as slots, so they may hold the next sandbox's processes)."""
     assert trace.code_processes, "the watcher never saw the code's processes in the sandbox's cgroup"

@@ -36,6 +36,7 @@ from nodeagent.images.default import default_image
 from nodeagent.runtime import BASE_ENV
 from nodeagent.sandbox import SandboxError
 from tests.isolation.runtimes import wait_until
+from tests.isolation.watch import doomed
 
 SANDBOX_UID = 1000
 HOST_UID = 200_000 + SANDBOX_UID  # what the code's uid 1000 is on the host
@@ -480,12 +481,6 @@ def _ns_of(pid: int) -> str:
         return ""
 
 
-def _exiting(pid: int) -> bool:
-    """It has begun to exit, or is gone: PF_EXITING in /proc/<pid>/stat's flags (proc(5))."""
-    raw = _read(f"/proc/{pid}/stat")
-    return not raw or bool(int(raw[raw.rindex(b")") + 2 :].split()[6]) & 0x4)
-
-
 def _pids_in(pid_ns: str) -> list[int]:
     """Host processes in the pid namespace `pid_ns` (as /proc/<pid>/ns/pid names it)."""
     return [pid for pid in _host_pids() if _ns_of(pid) == pid_ns]
@@ -547,20 +542,25 @@ deadline = time.monotonic() + 10
 while not daemons() and time.monotonic() < deadline:
     time.sleep(0.005)
 print("daemon", daemons(), flush=True)
-signal.sigtimedwait([signal.SIGUSR1], 10)  # the host has seen the daemon: exit, leaving it behind
+signal.sigtimedwait([signal.SIGUSR1], 10)  # the host has seen the daemon: end, leaving it behind
 '''
+# Two ways to end: exit (init then kills what is left), or tell the end on fd 3 and go on
+# running (only the supervisor's kills then stop the code and the daemon).
+ENDINGS = {"exit": "", "forged": "import sys\nos.write(3, (1 << 32).to_bytes(8, sys.byteorder))\ntime.sleep(30)\n"}
 
 
-async def test_daemon_dies_with_the_call(runtime):
+@pytest.mark.parametrize("ending", ENDINGS)
+async def test_daemon_dies_with_the_call(runtime, ending):
     """Code that setsid()s and double-forks a `sleep 300` daemon (reparented to the sandbox's
-    init) and then exits: the daemon is seen on the host while the call runs, and once the
-    call has returned no process of its pid namespace, or carrying its marker, is left."""
+    init) and then ends: the daemon is seen on the host while the call runs; when the call
+    returns, none of the code's processes can run any more, and soon none is left of its pid
+    namespace, nor any carrying its marker."""
     marker = f"BAPONI_DAEMON={uuid.uuid4().hex}".encode()
 
     def daemons() -> list[int]:
         return [pid for pid in _host_pids() if marker in _read(f"/proc/{pid}/environ").split(b"\0")]
 
-    request = ExecutionRequest(code=DAEMON, env=dict([marker.decode().split("=")]), timeout=30)
+    request = ExecutionRequest(code=DAEMON + ENDINGS[ending], env=dict([marker.decode().split("=")]), timeout=30)
     seen: list[int] = []
     pid_ns = ""
     result = None
@@ -575,10 +575,10 @@ async def test_daemon_dies_with_the_call(runtime):
         elif not isinstance(event, OutputChunk):
             result = event
     assert result is not None and result.exit_code == 0 and seen, result
-    # The answer comes once each of the code's processes has begun to exit: none runs code any
+    # The answer comes once each of the code's processes has been killed: none runs code any
     # more, and the kernel finishes their exits (and the sandbox's init's) moments later.
     code_left = [pid for pid in _pids_in(pid_ns) if _uid_of(pid) == HOST_UID]
-    assert all(map(_exiting, code_left)), f"still running in the call's pid namespace: {code_left}"
+    assert all(map(doomed, code_left)), f"still running in the call's pid namespace: {code_left}"
     await wait_until(lambda: not _pids_in(pid_ns), "the call's pid namespace is empty", timeout=5)
     assert daemons() == [], "the daemon outlived the call"
 
