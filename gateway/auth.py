@@ -17,7 +17,7 @@ bearer = HTTPBearer(auto_error=False, scheme_name="ApiKey", description="An API 
 
 
 class Authenticator:
-    """A FastAPI dependency giving the caller's live key, or 401."""
+    """The caller's live key, or 401: a FastAPI dependency, or called with `await bearer(request)`."""
 
     def __init__(self, store: Store) -> None:
         self.store = store
