@@ -123,7 +123,7 @@ def create_app(
         stream = streaming.wanted(request, body)
         if body.webhook_url is not None and stream:
             raise InvalidRequest("ask for either a stream or a webhook_url, not both")
-        run = await runner.start(key, body)
+        run = await runner.start(key, body, stream=stream)
         if body.webhook_url is not None:
             runner.spawn(webhooks.send_result(run, store, str(body.webhook_url), deliverer))
             return JSONResponse(Accepted(execution_id=run.execution_id).model_dump(), status_code=202)
