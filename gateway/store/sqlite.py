@@ -21,7 +21,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, ClassVar
 
+from .keys import hash_secret
 from .migrations import MIGRATIONS, Migration
+from .models import ApiKey
 from .sql import Params, Row, Session, Store, utc
 
 _PRAGMAS = (
@@ -30,6 +32,7 @@ _PRAGMAS = (
     "foreign_keys = ON",
     "busy_timeout = 5000",
 )
+_KEYS_KEPT = 1024  # live keys remembered by secret hash; past that, the lookups are queries again
 
 
 def _connect(path: Path) -> sqlite3.Connection:
@@ -71,6 +74,8 @@ class SqliteStore(Store):
     def __init__(self, connection: sqlite3.Connection) -> None:
         self._connection = connection
         self._lock = asyncio.Lock()
+        self._keys: dict[str, ApiKey] = {}  # by secret hash, as of _keys_version
+        self._keys_version: int | None = None
 
     @classmethod
     async def open(cls, path: Path, migrations: Sequence[Migration] = MIGRATIONS) -> SqliteStore:
@@ -95,6 +100,28 @@ class SqliteStore(Store):
                 self._connection.execute("ROLLBACK")
                 raise
             self._connection.execute("COMMIT")
+
+    async def key_by_secret(self, secret: str) -> ApiKey | None:
+        """Live keys are remembered while no other connection has written to the database
+        (PRAGMA data_version, ~3 us) and this one has revoked none: every call looks its key
+        up, and the query and the loading of its row cost ~0.15 ms of a call's latency. Unknown
+        secrets are never remembered."""
+        version = self._connection.execute("PRAGMA data_version").fetchone()["data_version"]
+        if version != self._keys_version:
+            self._keys.clear()
+            self._keys_version = version
+        digest = hash_secret(secret)
+        key = self._keys.get(digest)
+        if key is None:
+            key = await super().key_by_secret(secret)
+            if key is not None and len(self._keys) < _KEYS_KEPT:
+                self._keys[digest] = key
+        return key
+
+    async def revoke_key(self, key_id: str) -> bool:
+        revoked = await super().revoke_key(key_id)
+        self._keys.clear()  # this connection's own writes leave data_version as it is
+        return revoked
 
     async def _lock_migrations(self, session: Session) -> None:
         """BEGIN IMMEDIATE already holds the database's write lock."""

@@ -212,6 +212,7 @@ async def test_a_malformed_bootstrap_secret_is_refused_without_echoing_it(store:
 async def test_a_revoked_key_no_longer_authenticates(store: Store) -> None:
     a, secret_a = await store.create_key("a", "default")
     b, secret_b = await store.create_key("b", "default")
+    assert await store.key_by_secret(secret_a) == a  # looked up (and remembered) while live
     assert await store.revoke_key(a.id)
     assert await store.key_by_secret(secret_a) is None
     assert await store.key_by_secret(secret_b) == b
