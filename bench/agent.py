@@ -99,13 +99,16 @@ async def throughput(runtime: Runtime, language: str, concurrency: int, total: i
 
 def sandbox_memory(runtime: Runtime) -> str:
     """Proportional set size of one idle warm python sandbox's processes (the launcher above
-    init, init, the interpreter); its supervision lives in the shared spawner."""
+    init, when there is one, init, the interpreter); its supervision lives in the shared
+    spawner, whose child a zygote's sandbox's init is (it has no launcher)."""
     pool = runtime.pools[("warm", "python")]
     sandbox = pool._idle[0]  # noqa: SLF001 - a benchmark may look inside
     init = sandbox.init_pid
     pids = [init, *[int(p) for p in Path(f"/proc/{init}/task/{init}/children").read_text().split()]]
-    launcher = int(Path(f"/proc/{init}/stat").read_text().rsplit(")", 1)[1].split()[1])
-    parts = {"launcher": launcher, "init": pids[0], "interpreter": pids[1]}
+    parent = int(Path(f"/proc/{init}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    spawner = runtime._spawner._process.pid  # type: ignore[union-attr]  # noqa: SLF001
+    parts = {"launcher": parent} if parent != spawner else {}
+    parts.update(init=pids[0], interpreter=pids[1])
     sizes = {}
     for name, pid in parts.items():
         for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
