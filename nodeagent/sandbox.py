@@ -200,7 +200,8 @@ class Sandbox:
                     yield item
                 elif exited.done() and not exited.exception() and exited.result()[0].get("announced"):
                     for reader in readers:  # its pipes may stay open a while, in its exit
-                        reader.drain()
+                        if not reader.done:  # each drain's own news comes back here
+                            reader.drain()
             header, home = await exited
             duration_ms = (time.monotonic() - started) * 1000
             self._finished = True

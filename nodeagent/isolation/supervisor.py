@@ -426,8 +426,8 @@ class Supervisor:
         as the kills went out shows in the next listing and is killed in turn; the report
         waits for a listing with none left unkilled (from the poll loop, after a few at once),
         and past the grace the end is init's to report."""
+        ours = (self.init_pid, self.pid_a)
         for _ in range(_KILL_ROUNDS):
-            ours = (self.init_pid, self.pid_a)
             fresh = [pid for pid in self.cgroup.pids() if pid not in killed and pid not in ours]
             if not fresh:
                 assert self.run.announced is not None

@@ -122,11 +122,11 @@ def _warm_code_process(runtime: Runtime) -> int:
 def _count_page_faults(pid: int) -> int:
     """A software perf counter of `pid`'s page faults (perf_event_open(2)); read it with
     os.read: its count stays readable once the process has exited."""
-    perf_type_software, page_faults, attr_size, fd_cloexec = 1, 2, 64, 8
+    perf_event_open, perf_type_software, page_faults, attr_size, fd_cloexec = 298, 1, 2, 64, 8  # x86_64
     attr = ctypes.create_string_buffer(struct.pack("IIQ", perf_type_software, attr_size, page_faults), attr_size)
     libc = ctypes.CDLL(None, use_errno=True)
     libc.syscall.restype = ctypes.c_long
-    fd = libc.syscall(ctypes.c_long(298), attr, ctypes.c_int(pid), ctypes.c_int(-1), ctypes.c_int(-1), ctypes.c_ulong(fd_cloexec))
+    fd = libc.syscall(ctypes.c_long(perf_event_open), attr, ctypes.c_int(pid), ctypes.c_int(-1), ctypes.c_int(-1), ctypes.c_ulong(fd_cloexec))
     assert fd >= 0, os.strerror(ctypes.get_errno())
     return fd
 
